@@ -1,0 +1,64 @@
+# Cardiac Dreamer workbook. `make demo` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data/phantom
+OUT ?= outputs
+export PYTHONUNBUFFERED := 1
+export MPLBACKEND := Agg
+# keep Jupyter/IPython state inside the project, not in ~
+export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter-config
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter-runtime
+export IPYTHONDIR := $(CURDIR)/.cache/ipython
+
+.PHONY: help install demo test export check-sync nbtest pytest clean-nbs lab bench clean
+help:
+	@echo "make demo   - install, build the phantom data set, train with configs/demo.yaml, print the report path"
+	@echo "make test   - install, check the library is in sync with nbs/, run notebook tests and pytest"
+	@echo "make lab    - start JupyterLab on the workbook"
+	@echo "make bench  - full performance benchmark (writes outputs/bench_*.json)"
+
+$(STAMP): setup.py settings.ini constraints.txt
+	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cardiac-dreamer)" >/dev/null
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cardiac-dreamer demo --data_dir $(DATA) --output_dir $(OUT)
+
+# The notebooks are the source: exporting them must not change any tracked or untracked library file.
+check-sync: $(STAMP)
+	$(BIN)/nbdev_export
+	@if [ -n "$$(git status --porcelain -- cardiac_dreamer)" ]; then \
+	  echo "ERROR: cardiac_dreamer/ is out of sync with nbs/ (nbdev_export changed it):"; \
+	  git status --porcelain -- cardiac_dreamer; git --no-pager diff --stat -- cardiac_dreamer; exit 1; fi
+	@echo "library in sync with notebooks"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2
+
+pytest: $(STAMP)
+	rc=0; $(PY) -m pytest tests -q -ra --timeout=900 || rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
+
+test: check-sync nbtest pytest
+
+export: $(STAMP)
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+bench: $(STAMP)
+	$(BIN)/cardiac-dreamer bench --out $(OUT)/bench_cpu.json
+
+clean:
+	rm -rf .cache .pytest_cache build dist *.egg-info
