@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny phantom data set made once per test session."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG_CONFIG = ROOT / "configs" / "debug.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """4 phantom patients x 12 transitions at 64x64 (enough for an automatic 70/15/15 patient split)."""
+    from cardiac_dreamer.phantom import make_phantom
+
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    make_phantom(out, patients=4, transitions=12, seed=0, image_size=64, progress=False)
+    return out
+
+
+def cli(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
+    """Run `python -m cardiac_dreamer ARGS` and return the completed process (stdout/stderr as text)."""
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cardiac_dreamer", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout, env=e)

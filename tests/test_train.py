@@ -1,0 +1,108 @@
+"""Training pipeline acceptance: the papermill run-folder layout, logged metric names, resume, token types, schedulers, CPU DDP."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import DEBUG_CONFIG, cli
+
+LOSS_NAMES = ["train_main_task_loss", "val_main_task_loss", "train_total_loss", "val_loss", "learning_rate",
+              "train_t2_action_loss", "val_t2_action_loss", "train_latent_loss", "val_latent_loss"]
+AXES = ["x", "y", "z", "roll", "pitch", "yaw"]
+
+
+def _metrics(run: Path) -> pd.DataFrame:
+    from cardiac_dreamer.train import csv_metrics
+    return csv_metrics(run)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    r = cli("train", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--output_dir", out, "--no_progress")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = sorted(out.glob("run_*"))
+    assert len(runs) == 1, runs
+    assert "Report:" in r.stdout and "train_report.html" in r.stdout
+    return runs[0]
+
+
+def test_run_folder_layout(trained_run):
+    run = trained_run
+    for rel in ["experiment_config.json", "dataset_stats.json", "final_model.ckpt", "checkpoints/last.ckpt", "config.yaml",
+                "plots/dataset_statistics.png", "plots/training_summary.png", "train_report.ipynb", "train_report.html", "status.json"]:
+        assert (run / rel).is_file(), rel
+    assert list((run / "checkpoints").glob("cardiac_dreamer-epoch=*-val_main_task_loss=*.ckpt"))
+    assert list((run / "logs" / "cardiac_dreamer").glob("version_0/events.out.tfevents.*"))
+    assert (run / "logs" / "cardiac_dreamer_csv" / "version_0" / "metrics.csv").is_file()
+    rec = json.loads((run / "experiment_config.json").read_text())
+    assert {"config", "packages", "git_commit", "data_fingerprint", "splits"} <= rec.keys()
+    assert rec["packages"]["torch"] and len(rec["data_fingerprint"]) >= 16
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    html = (run / "train_report.html").read_text()
+    assert "data:image/png;base64" in html  # figures rendered inline
+
+
+def test_logged_metric_names(trained_run):
+    cols = set(_metrics(trained_run).columns)
+    missing = [n for n in LOSS_NAMES if n not in cols]
+    assert not missing, missing
+    for prefix in ("val_mae_", "val_single_mae_", "val_baseline_mae_"):
+        assert all(f"{prefix}{a}" in cols for a in AXES), prefix
+
+
+def test_checkpoint_alone_predicts(trained_run):
+    import torch
+    from cardiac_dreamer.model import CardiacDreamer
+    m = CardiacDreamer.from_checkpoint(trained_run / "final_model.ckpt")
+    frames = torch.randint(0, 256, (2, 3, 80, 100), dtype=torch.uint8)
+    out = m.predict_action(frames)
+    assert out.shape == (2, 6) and torch.isfinite(out).all()
+
+
+def test_resume_continues_same_run(trained_run):
+    run = trained_run
+    val_epochs = lambda m: m.loc[m["val_main_task_loss"].notna(), "epoch"]
+    last_epoch = int(val_epochs(_metrics(run)).max())
+    r = cli("train", "--resume_from_checkpoint", run / "checkpoints" / "last.ckpt", "--set", f"training.max_epochs={last_epoch + 2}",
+            "--no_progress")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    after = _metrics(run)
+    assert int(val_epochs(after).max()) == last_epoch + 1       # continued at the next epoch
+    assert sorted(val_epochs(after).astype(int)) == list(range(last_epoch + 2))  # one validation per epoch, none repeated
+    assert (run / "logs" / "cardiac_dreamer_csv" / "version_1" / "metrics.csv").is_file()  # earlier curves kept
+    assert (run / "logs" / "cardiac_dreamer_csv" / "version_0" / "metrics.csv").is_file()
+    assert (run / "train_report_part1.ipynb").is_file() and (run / "train_report.ipynb").is_file()
+    assert len(list(run.parent.glob("run_*"))) == 1             # no new run folder
+
+
+@pytest.mark.parametrize("token_type", ["channel", "spatial"])
+def test_token_types_fit(tiny_phantom, tmp_path, token_type):
+    from cardiac_dreamer.train import fit, resolve_config
+    cfg = resolve_config(DEBUG_CONFIG, [f"model.token_type={token_type}", "training.max_epochs=1"], data_dir=str(tiny_phantom))
+    res = fit(cfg, tmp_path / "run", progress=False)
+    assert Path(res["final_checkpoint"]).is_file()
+    assert res["test_metrics"] and all(v == v for v in res["test_metrics"].values())
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "cosine_warm_restarts", "onecycle", "plateau"])
+def test_schedulers(tiny_phantom, tmp_path, scheduler):
+    from cardiac_dreamer.train import fit, resolve_config
+    cfg = resolve_config(DEBUG_CONFIG, [f"training.scheduler={scheduler}", "training.max_epochs=3", "training.warmup_epochs=1"],
+                         data_dir=str(tiny_phantom))
+    fit(cfg, tmp_path / "run", progress=False)
+    lr = _metrics(tmp_path / "run")["learning_rate"].dropna()
+    assert len(lr) >= 3 and lr.nunique() > 1, lr.tolist()  # the schedule actually changes the learning rate
+
+
+def test_ddp_cpu_two_processes(tiny_phantom, tmp_path):
+    out = tmp_path / "outputs"
+    r = cli("fit", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--output_dir", out, "--no_progress",
+            "--set", "training.accelerator=cpu", "--set", "training.devices=2", "--set", "training.strategy=ddp",
+            "--set", "training.max_epochs=1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = list(out.glob("run_*"))
+    assert len(runs) == 1, runs
+    assert (runs[0] / "final_model.ckpt").is_file()
+    assert json.loads((runs[0] / "status.json").read_text())["state"] == "finished"
