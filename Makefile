@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/phantom
 OUT ?= outputs
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 # keep Jupyter/IPython state inside the project, not in ~
@@ -15,7 +16,7 @@ export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter-config
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter-runtime
 export IPYTHONDIR := $(CURDIR)/.cache/ipython
 
-.PHONY: help install demo test export check-sync nbtest pytest clean-nbs lab bench clean
+.PHONY: help install demo test export check-sync nbtest pytest browser lab bench clean
 help:
 	@echo "make demo   - install, build the phantom data set, train with configs/demo.yaml, print the report path"
 	@echo "make test   - install, check the library is in sync with nbs/, run notebook tests and pytest"
@@ -45,7 +46,12 @@ check-sync: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2
 
-pytest: $(STAMP)
+# The browser test drives Debian's Chromium through Playwright (no browser download): install the package when absent.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+pytest: $(STAMP) browser
 	rc=0; $(PY) -m pytest tests -q -ra --timeout=900 || rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
 
