@@ -25,6 +25,7 @@ help:
 
 $(STAMP): setup.py settings.ini constraints.txt
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	@mkdir -p $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cardiac-dreamer)" >/dev/null

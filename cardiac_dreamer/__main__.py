@@ -6,6 +6,7 @@
 __all__ = []
 
 # %% ../nbs/12a_main.ipynb #3713aa8f
+#| eval: false
 import sys
 
 from .cli import main

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import CardiacDreamerError
@@ -36,26 +39,68 @@ def _add_run_args(p:argparse.ArgumentParser, default_config:str|None="configs/pr
 
 # %% ../nbs/12_cli.ipynb #58c1ee02
 def _resolve(args) -> tuple:
-    "(config, config_path, run_dir_or_None) for a run request; raises CardiacDreamerError on bad input."
-    from cardiac_dreamer.train import resolve_config, resolve_path, run_dir_of_checkpoint
+    "(config, config source, run_dir_or_None) for a run request; raises CardiacDreamerError on bad input."
+    from cardiac_dreamer.train import check_resume_checkpoint, resolve_config, resolve_path, run_dir_of_checkpoint
     run_dir = None
-    config_path = resolve_path(args.config)
-    if args.resume_from_checkpoint:
-        run_dir = run_dir_of_checkpoint(resolve_path(args.resume_from_checkpoint))
-        if (run_dir / "config.yaml").is_file(): config_path = run_dir / "config.yaml"
-    split_mode = "manual" if args.manual_splits else None
+    source = resolve_path(args.config)
     if not args.manual_splits and (args.train_patients or args.val_patients or args.test_patients):
         raise CardiacDreamerError("--train_patients/--val_patients/--test_patients need --manual_splits")
-    cfg = resolve_config(config_path, args.overrides, data_dir=str(resolve_path(args.data_dir)) if args.data_dir else None,
-                         split_mode=split_mode, train_patients=args.train_patients, val_patients=args.val_patients,
-                         test_patients=args.test_patients)
-    return cfg, config_path, run_dir
+    if args.resume_from_checkpoint:
+        ckpt = resolve_path(args.resume_from_checkpoint)
+        stored = check_resume_checkpoint(ckpt)["cardiac_dreamer"].get("config") or {}
+        run_dir = run_dir_of_checkpoint(ckpt)
+        if (run_dir / "config.yaml").is_file(): source = run_dir / "config.yaml"
+        else: run_dir, source = None, stored  # not in a run folder: a new run folder, the checkpoint's own configuration
+    cfg = resolve_config(source, args.overrides, data_dir=str(resolve_path(args.data_dir)) if args.data_dir else None,
+                         split_mode="manual" if args.manual_splits else None, train_patients=args.train_patients,
+                         val_patients=args.val_patients, test_patients=args.test_patients)
+    return cfg, source, run_dir
 
 def _preflight(cfg):
-    "Index, validate and split the data set exactly as training will (raises on any problem)."
-    from cardiac_dreamer.train import build_datamodule
+    "Index, validate and split the data set exactly as training will, and check every frame decodes (raises on any problem)."
+    from cardiac_dreamer.train import build_datamodule, check_frames
     dm = build_datamodule(cfg); dm.setup("fit")
+    check_frames(dm.index)
     return dm
+
+# %% ../nbs/12_cli.ipynb #2f782c0d
+def _stop_on_sigterm(signum, frame):
+    "SIGTERM outside `trainer.fit` (set-up, testing): stop like Ctrl-C. During `fit` Lightning's handler is in charge and this one returns."
+    if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm: return  # called by Lightning's handler: it stops after the batch
+    from cardiac_dreamer.train import TrainingInterrupted
+    raise TrainingInterrupted("stopped by SIGTERM", signal.SIGTERM)
+
+def _kernel_pid(run_dir:Path) -> int|None:
+    "The process training `run_dir` (the notebook's kernel), from its status.json while it is running there."
+    from cardiac_dreamer.train import read_status
+    st = read_status(run_dir)
+    pid = st.get("pid")
+    return pid if st.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() else None
+
+@contextlib.contextmanager
+def _forward_stop_signals(run_dir:Path):
+    "While the training notebook runs: pass Ctrl-C / SIGTERM on to its kernel as SIGTERM (a clean stop); a second one stops at once."
+    got = []
+    if threading.current_thread() is not threading.main_thread(): yield got; return  # signals only reach the main thread
+    def handler(signum, frame):
+        pid = None if got else _kernel_pid(run_dir)
+        got.append(signum)
+        if pid is None: raise KeyboardInterrupt
+        print(f"{signal.Signals(signum).name}: stopping training at the end of the current batch (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+        with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGTERM)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield got
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    "While a command trains in this process: SIGTERM stops it cleanly (see `_stop_on_sigterm`)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
 
 # %% ../nbs/12_cli.ipynb #c307c416
 def cmd_check_data(args) -> int:
@@ -96,12 +141,14 @@ def cmd_make_phantom(args) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #3e175a24
-def _train_parameters(args, cfg, config_path, run_dir) -> dict:
+def _train_parameters(args, cfg, source, run_dir) -> dict:
     "Papermill parameters of `nbs/train.ipynb` for a run request (plain values only)."
     from cardiac_dreamer.train import resolve_path
-    return dict(config_path=str(config_path or ""), data_dir=cfg.data.data_dir, output_dir=str(resolve_path(args.output_dir) or args.output_dir),
-                run_dir=str(run_dir), resume_from_checkpoint=str(resolve_path(args.resume_from_checkpoint) or ""),
-                overrides=list(args.overrides), split_mode="manual" if args.manual_splits else "",
+    stored = isinstance(source, dict)  # a checkpoint's own configuration: passed as the first override
+    return dict(config_path="" if stored else str(source or ""), data_dir=cfg.data.data_dir,
+                output_dir=str(resolve_path(args.output_dir) or args.output_dir), run_dir=str(run_dir),
+                resume_from_checkpoint=str(resolve_path(args.resume_from_checkpoint) or ""),
+                overrides=([source] if stored else []) + list(args.overrides), split_mode="manual" if args.manual_splits else "",
                 train_patients=list(args.train_patients), val_patients=list(args.val_patients), test_patients=list(args.test_patients),
                 progress=not args.no_progress)
 
@@ -113,24 +160,42 @@ def _keep_previous_report(run_dir:Path, name:str="train_report"):
     for ext in (".ipynb", ".html"):
         if (run_dir / f"{name}{ext}").exists(): os.replace(run_dir / f"{name}{ext}", run_dir / f"{name}_part{k}{ext}")
 
+def _notebook_stopped(run_dir:Path, signum:int) -> BaseException:
+    "After Ctrl-C / SIGTERM: the interruption the kernel recorded in status.json (recorded here if it could not), as a `TrainingInterrupted`."
+    from cardiac_dreamer.train import TrainingInterrupted, read_status, record_stop
+    st, name, last = read_status(run_dir), signal.Signals(signum).name, run_dir / "checkpoints" / "last.ckpt"
+    if st.get("state") == "interrupted" and not st.get("stale"):
+        via = " (Ctrl-C, passed on to the notebook's kernel as SIGTERM)" if signum == signal.SIGINT else ""
+        return TrainingInterrupted(f"{st.get('reason') or f'stopped by {name}'}{via}", signum)
+    msg = (f"stopped by {name}; resume with --resume_from_checkpoint {last}" if last.exists()
+           else f"stopped by {name} before the first epoch ended: nothing to resume, start a new run")
+    record_stop(run_dir, TrainingInterrupted(msg, signum))
+    return TrainingInterrupted(msg, signum)
+
 def cmd_train(args) -> int:
     "Execute the training notebook with papermill into a (new or resumed) run folder."
     from cardiac_dreamer.train import new_run_dir, run_notebook
-    cfg, config_path, run_dir = _resolve(args)
+    cfg, source, run_dir = _resolve(args)
     _preflight(cfg)
     if run_dir is None: run_dir = new_run_dir(args.output_dir)
     else: _keep_previous_report(run_dir)
     print(f"Run folder: {run_dir}", flush=True)
-    html = run_notebook("train", run_dir, "train_report", _train_parameters(args, cfg, config_path, run_dir), progress=not args.no_progress)
+    with _forward_stop_signals(run_dir) as stopped:
+        try: html = run_notebook("train", run_dir, "train_report", _train_parameters(args, cfg, source, run_dir), progress=not args.no_progress)
+        except BaseException as e:
+            if stopped or isinstance(e, KeyboardInterrupt): raise _notebook_stopped(run_dir, (stopped or [signal.SIGINT])[0]) from None
+            raise
     print(f"Report: {html}")
     return 0
 
 def cmd_fit(args) -> int:
     "The training pipeline without a notebook (torchrun / SLURM / DDP)."
-    from cardiac_dreamer.train import fit, is_main_process, new_run_dir
+    from cardiac_dreamer.train import fit, is_main_process
     cfg, _, run_dir = _resolve(args)
-    run_dir = run_dir or (Path(args.run_dir) if args.run_dir else None) or _shared_run_dir(args.output_dir)
-    res = fit(cfg, run_dir, resume_from=args.resume_from_checkpoint, progress=not args.no_progress)
+    with _sigterm_stops():
+        dm = _preflight(cfg)
+        run_dir = run_dir or (Path(args.run_dir) if args.run_dir else None) or _shared_run_dir(args.output_dir)
+        res = fit(cfg, run_dir, resume_from=args.resume_from_checkpoint, progress=not args.no_progress, dm=dm)
     if is_main_process(): print(f"Run folder: {res['run_dir']}\nBest checkpoint: {res['best_checkpoint']}")
     return 0
 
@@ -175,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="phantom -> check -> train with configs/demo.yaml"); _add_run_args(d, "configs/demo.yaml")
     d.set_defaults(data_dir="data/phantom", func=cmd_demo)
     d.add_argument("--patients", type=int, default=6); d.add_argument("--transitions", type=int, default=120)
+    from cardiac_dreamer import bench, evaluate  # evaluate, cv, sweep, navigate, ablation; bench
+    evaluate.add_cli(sub); bench.add_cli(sub)
     return p
 
 # %% ../nbs/12_cli.ipynb #6fa42f59
@@ -186,5 +253,6 @@ def main(argv:list[str]|None=None) -> int:
         from cardiac_dreamer.train import NotebookRunError
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, NotebookRunError) else 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr); return 130
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signal_number", signal.SIGINT)

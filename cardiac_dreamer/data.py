@@ -17,6 +17,7 @@ import re
 import stat
 import struct
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -29,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .config import CardiacDreamerError, ConfigError, DataConfig
+from .config import CardiacDreamerError, ConfigError, DataConfig, atomic_write_json
 from .geometry import (LABEL_CONVENTIONS, POSE_AXES, ConventionReport, apply_change,
                                       infer_label_convention, rotation_distance_deg, translation_distance)
 
@@ -37,7 +38,8 @@ from .geometry import (LABEL_CONVENTIONS, POSE_AXES, ConventionReport, apply_cha
 __all__ = ['JSON_NAME', 'IMAGE_KEYS', 'VECTOR_KEYS', 'REQUIRED_KEYS', 'DataProblem', 'DataValidationError', 'write_seed_patient',
            'Transition', 'DatasetIndex', 'index_dataset', 'load_image', 'ImageCache', 'load_subjects', 'Splits',
            'kfold_splits', 'split_patients', 'NormStats', 'RandomGamma', 'RandomSpeckle', 'photometric_augment',
-           'TransitionDataset', 'CardiacDataModule', 'dataset_statistics', 'data_fingerprint']
+           'augment_batch', 'TransitionDataset', 'FrameStore', 'CardiacDataModule', 'device_batch',
+           'dataset_statistics', 'data_fingerprint']
 
 # %% ../nbs/02_data.ipynb #0d208143
 JSON_NAME = "transitions_dataset.json"  # the file that makes a folder a patient folder
@@ -519,25 +521,130 @@ def load_image(
     return torch.from_numpy(a)[None]
 
 # %% ../nbs/02_data.ipynb #9d3dd6bb
+def _signature(path) -> tuple|None:
+    "`(size in bytes, mtime in ns)` of a file, or None when it cannot be stat'ed (the loader then reports why)."
+    try: st = os.stat(path)
+    except OSError: return None
+    return st.st_size, st.st_mtime_ns
+
+def _decode_all(paths:list, image_size:int, threads:int|None=None) -> list:
+    "`load_image` of each path, by a thread pool (PIL releases the GIL while it decodes)."
+    n = threads or min(8, os.cpu_count() or 1)
+    if n <= 1 or len(paths) < 8: return [load_image(p, image_size) for p in paths]
+    with ThreadPoolExecutor(n) as pool: return list(pool.map(lambda p: load_image(p, image_size), paths))
+
+# %% ../nbs/02_data.ipynb #41e962ac
+@contextlib.contextmanager
+def _locked(path:Path):
+    "An exclusive advisory lock on `path` (POSIX `flock`; without it a single writer is assumed)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try: import fcntl
+    except ImportError: fcntl = None  # Windows
+    with open(path, "a+b") as f:
+        if fcntl: fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally:
+            if fcntl: fcntl.flock(f, fcntl.LOCK_UN)
+
+class _FrameFile:
+    "Frames of one size in a memory-mapped uint8 file `frames_SxS.u8`, with a JSON index path -> [slot, file size, mtime_ns]."
+    def __init__(self, folder:Path, image_size:int):
+        self.folder, self.size, stem = Path(folder), int(image_size), f"frames_{image_size}x{image_size}"
+        self.data, self.index_path, self.lock = self.folder / f"{stem}.u8", self.folder / f"{stem}.json", self.folder / f"{stem}.lock"
+        self.frame_bytes, self.entries, self.map = self.size * self.size, {}, None
+        self.reload()
+
+    def slots(self) -> int: return self.data.stat().st_size // self.frame_bytes if self.data.exists() else 0
+
+    def reload(self):
+        "Read the index and map the data file again (after `fill` or another process added frames)."
+        try: entries = json.loads(self.index_path.read_text(encoding="utf-8"))["entries"]
+        except (OSError, ValueError, KeyError, TypeError): entries = {}
+        n = self.slots()
+        self.map = np.memmap(self.data, np.uint8, "r", shape=(n, self.size, self.size)) if n else None
+        self.entries = {p: e for p, e in entries.items() if isinstance(e, list) and len(e) == 3 and 0 <= e[0] < n}
+
+    def get(self, path:str, sig:tuple) -> torch.Tensor|None:
+        "The stored frame of `path` when the file's size and mtime still match, else None."
+        e = self.entries.get(path)
+        if e is None or (e[1], e[2]) != tuple(sig): return None
+        return torch.from_numpy(np.array(self.map[e[0]]))[None]
+
+# %% ../nbs/02_data.ipynb #2b06ea40
+def _write_frames(ff:_FrameFile, paths:list, sigs:dict, budget_bytes:int, threads:int|None) -> int:
+    "Decode `paths` into `ff` (stale entries in their own slot, new ones appended within the budget); caller holds the lock."
+    stale, new = [p for p in paths if p in ff.entries], [p for p in paths if p not in ff.entries]
+    n_old = ff.slots()
+    new = new[:max(0, budget_bytes // ff.frame_bytes - n_old)]
+    if not stale and not new: return 0
+    slot = {p: ff.entries[p][0] for p in stale} | {p: n_old + i for i, p in enumerate(new)}
+    with open(ff.data, "ab") as f: f.truncate((n_old + len(new)) * ff.frame_bytes)
+    mm = np.memmap(ff.data, np.uint8, "r+", shape=(n_old + len(new), ff.size, ff.size))
+    todo = stale + new
+    for i in range(0, len(todo), 1024):  # bounded memory: decode and write 1,024 frames at a time
+        part = todo[i:i + 1024]
+        for p, img in zip(part, _decode_all(part, ff.size, threads)): mm[slot[p]] = img[0].numpy()
+    mm.flush(); del mm
+    entries = {**ff.entries, **{p: [slot[p], *sigs[p]] for p in todo}}
+    atomic_write_json(ff.index_path, {"version": 1, "image_size": ff.size, "entries": entries})
+    return len(todo)
+
+# %% ../nbs/02_data.ipynb #9019c71e
 class ImageCache:
-    "Decoded uint8 frames kept in memory, keyed by (path, size), up to `budget_mb`; past the budget, frames come from disk."
-    def __init__(self, budget_mb:float=2048):  # memory budget in MiB
-        self.budget_bytes, self.nbytes, self.hits, self.misses, self._store = int(budget_mb * 2**20), 0, 0, 0, {}
+    "Each frame decoded once while it fits `budget_mb`: uint8 in memory, or memory-mapped under `cache_dir`; keyed by path and size, checked against the file's size and mtime."
+    def __init__(self, budget_mb:float=2048,  # memory budget in MiB (in memory), or the size limit of the frame files (cache_dir)
+                 cache_dir=None):  # folder of memory-mapped frame files shared by processes and runs; None = in this process's memory
+        self.budget_bytes, self.nbytes, self.hits, self.misses, self.stale = int(budget_mb * 2**20), 0, 0, 0, 0
+        self.cache_dir, self._store, self._files = Path(cache_dir) if cache_dir else None, {}, {}
 
     def get(self, path, image_size:int=224) -> torch.Tensor:
-        "The frame as `load_image` returns it (shared: do not modify it in place)."
-        key = (str(path), int(image_size))
-        img = self._store.get(key)
+        "The frame as `load_image` returns it (shared: do not modify it in place); decoded again when the file changed."
+        key, sig = (str(path), int(image_size)), _signature(path)
+        img = self._lookup(key, sig) if sig is not None else None
         if img is not None:
             self.hits += 1
             return img
         self.misses, img = self.misses + 1, load_image(path, image_size)
-        if self.nbytes + img.numel() <= self.budget_bytes: self._store[key], self.nbytes = img, self.nbytes + img.numel()
+        if sig is not None and self.cache_dir is None and self.nbytes + img.numel() <= self.budget_bytes:
+            self._store[key], self.nbytes = (img, sig), self.nbytes + img.numel()
         return img
 
-    def __len__(self): return len(self._store)
+    def _lookup(self, key:tuple, sig:tuple) -> torch.Tensor|None:
+        if self.cache_dir is not None: return self._file(key[1]).get(key[0], sig)
+        e = self._store.get(key)
+        if e is None or e[1] == sig: return None if e is None else e[0]
+        self.stale, self.nbytes = self.stale + 1, self.nbytes - e[0].numel()  # the file changed since it was decoded
+        del self._store[key]
+        return None
+
+    def _file(self, image_size:int) -> _FrameFile:
+        if image_size not in self._files: self._files[image_size] = _FrameFile(self.cache_dir, image_size)
+        return self._files[image_size]
+
+    def fill(self, paths, # frame files (e.g. every frame of a data set)
+             image_size:int=224, # side of the decoded frames
+             threads:int|None=None, # decoding threads (default: one per core, at most 8)
+            ) -> int: # frames decoded
+        "Decode every frame of `paths` that is missing or stale, as far as the budget allows."
+        paths, S = list(dict.fromkeys(str(p) for p in paths)), int(image_size)
+        sigs = {p: s for p in paths if (s := _signature(p)) is not None}
+        if self.cache_dir is not None:
+            ff = self._file(S)
+            with _locked(ff.lock):
+                ff.reload()
+                n = _write_frames(ff, [p for p in sigs if ff.get(p, sigs[p]) is None], sigs, self.budget_bytes, threads)
+                ff.reload()
+            return n
+        todo = [p for p in sigs if self._lookup((p, S), sigs[p]) is None][:max(0, (self.budget_bytes - self.nbytes) // (S * S))]
+        for p, img in zip(todo, _decode_all(todo, S, threads)): self._store[(p, S)], self.nbytes = (img, sigs[p]), self.nbytes + img.numel()
+        return len(todo)
+
+    def __len__(self): return len(self._store) + sum(len(f.entries) for f in self._files.values())
     def clear(self): self._store, self.nbytes = {}, 0
-    def __repr__(self): return f"ImageCache({len(self)} frames, {self.nbytes / 2**20:.3g} of {self.budget_bytes / 2**20:.3g} MiB)"
+    def __repr__(self):
+        used = self.nbytes + sum(len(f.entries) * f.frame_bytes for f in self._files.values())
+        where = f"memory-mapped in {self.cache_dir}" if self.cache_dir else "in memory"
+        return f"ImageCache({len(self)} frames {where}, {used / 2**20:.3g} of {self.budget_bytes / 2**20:.3g} MiB)"
 
 # %% ../nbs/02_data.ipynb #b426e64b
 def _subject_map(raw, source:str) -> dict:
@@ -786,9 +893,32 @@ def photometric_augment(data_config:DataConfig) -> v2.Compose:
     if c.noise_std: ts.append(v2.GaussianNoise(sigma=c.noise_std, clip=True) if hasattr(v2, "GaussianNoise") else _AdditiveNoise(c.noise_std))
     return v2.Compose(ts or [v2.Identity()])
 
+# %% ../nbs/02_data.ipynb #ea9f13ff
+def _uniform(n:int, lo:float, hi:float, like:torch.Tensor) -> torch.Tensor:
+    return torch.empty(n, 1, 1, 1, device=like.device, dtype=like.dtype).uniform_(lo, hi)
+
+def augment_batch(x:torch.Tensor, # float frames [B, 1, H, W] in [0, 1], on any device
+                  data_config:DataConfig, # strengths (brightness, contrast, gamma, speckle_std, noise_std)
+                 ) -> torch.Tensor: # augmented frames, same shape
+    "`photometric_augment` for a whole batch on its device: brightness and contrast (random order), gamma, speckle, noise; per-frame parameters."
+    c, B = data_config, x.shape[0]
+    if c.geometric_augment: raise ConfigError(_GEOMETRIC)
+    bright = (lambda y: (y * _uniform(B, max(0.0, 1 - c.brightness), 1 + c.brightness, y)).clamp(0, 1)) if c.brightness else (lambda y: y)
+    def contrast(y):
+        if not c.contrast: return y
+        f = _uniform(B, max(0.0, 1 - c.contrast), 1 + c.contrast, y)
+        return (f * y + (1 - f) * y.mean((-3, -2, -1), keepdim=True)).clamp(0, 1)
+    if c.brightness or c.contrast:
+        first = torch.rand(B, 1, 1, 1, device=x.device) < 0.5  # brightness first for these frames
+        x = torch.where(first, contrast(bright(x)), bright(contrast(x)))
+    if c.gamma: x = x.clamp(0, 1) ** _uniform(B, max(1 - c.gamma, 1e-2), 1 + c.gamma, x)
+    if c.speckle_std: x = (x * (1 + c.speckle_std * torch.randn_like(x))).clamp(0, 1)
+    if c.noise_std: x = (x + c.noise_std * torch.randn_like(x)).clamp(0, 1)
+    return x
+
 # %% ../nbs/02_data.ipynb #6c14a39c
 class TransitionDataset(Dataset):
-    "Transitions as samples: two luminance frames in [0, 1] and the physical 6-DOF labels."
+    "Transitions as samples: two luminance frames in [0, 1] (or their `FrameStore` indices) and the physical 6-DOF labels."
     def __init__(self,
                  transitions:Sequence,  # `Transition`s (e.g. one split of `index.transitions`)
                  image_size:int=224,  # frames are resized to image_size x image_size
@@ -797,13 +927,15 @@ class TransitionDataset(Dataset):
         self.transitions, self.image_size, self.transform, self.cache = list(transitions), image_size, transform, cache
         self._labels = {k: torch.from_numpy(np.stack([getattr(t, a) for t in self.transitions]).astype(np.float32))
                         if self.transitions else torch.zeros(0, 6) for k, a in (("at1", "at1"), ("at2", "at2"), ("action_change", "change"))}
+        self.frame_index = None  # [n, 2] int64 indices into a `FrameStore`: items then carry indices, not images
 
     def __len__(self): return len(self.transitions)
 
     def __getitem__(self, i:int) -> dict:
         t = self.transitions[i]
-        return {"image_t1": self._frame(t, 1), "image_t2": self._frame(t, 2), **{k: v[i] for k, v in self._labels.items()},
-                "patient": t.patient, "entry": t.entry}
+        frames = ({"image_t1": self._frame(t, 1), "image_t2": self._frame(t, 2)} if self.frame_index is None
+                  else {"frame_t1": self.frame_index[i, 0], "frame_t2": self.frame_index[i, 1]})
+        return {**frames, **{k: v[i] for k, v in self._labels.items()}, "patient": t.patient, "entry": t.entry}
 
     def _frame(self, t:Transition, k:int) -> torch.Tensor:
         "Frame `k` (1 or 2) of `t` as float [1, H, W] in [0, 1], transformed."
@@ -814,16 +946,44 @@ class TransitionDataset(Dataset):
         x = img.float().div_(255)
         return self.transform(x) if self.transform is not None else x
 
+# %% ../nbs/02_data.ipynb #18369a37
+class FrameStore:
+    "Every distinct frame of `transitions` in one uint8 tensor [N, 1, S, S] on `device`, and each transition's two frame indices."
+    def __init__(self, transitions:Sequence, image_size:int=224, cache:ImageCache|None=None, device="cpu"):
+        paths = sorted({str(p) for t in transitions for p in (t.ft1, t.ft2)})
+        self.slot, self.image_size = {p: i for i, p in enumerate(paths)}, int(image_size)
+        imgs = [cache.get(p, image_size) for p in paths] if cache is not None else _decode_all(paths, image_size)
+        self.frames = (torch.stack(imgs) if imgs else torch.zeros(0, 1, image_size, image_size, dtype=torch.uint8)).to(device)
+
+    def indices(self, transitions:Sequence) -> torch.Tensor: # [n, 2] int64
+        "Indices of each transition's frames (t1, t2) in `frames`."
+        return torch.tensor([[self.slot[str(t.ft1)], self.slot[str(t.ft2)]] for t in transitions], dtype=torch.int64).reshape(-1, 2)
+
+    def images(self, batch:dict, augment=None) -> dict:
+        "`batch` with `frame_t1`/`frame_t2` replaced by float frames `image_t1`/`image_t2` in [0, 1] (augmented by `augment(x)`)."
+        out = dict(batch)
+        for k in (1, 2):
+            x = self.frames[out.pop(f"frame_t{k}").to(self.frames.device)].float().div_(255)
+            out[f"image_t{k}"] = augment(x) if augment is not None else x
+        return out
+
+    @property
+    def nbytes(self) -> int: return self.frames.numel()
+
 # %% ../nbs/02_data.ipynb #c48aeb53
 class CardiacDataModule(L.LightningDataModule):
     "Seed-format patients for Lightning: index once, split by subject, training-split statistics, training-only augmentation."
-    def __init__(self, data_config:DataConfig, batch_size:int=16, image_size:int=224, seed:int=42):
+    def __init__(self, data_config:DataConfig, batch_size:int=16, image_size:int=224, seed:int=42,
+                 cache_dir=None, # memory-mapped image cache folder (default: `data_config.cache_dir` if the config has one; else in memory)
+                 frames_on_device:bool|None=None): # keep the decoded data set on the GPU (default: `data_config.frames_on_device`, else off)
         super().__init__()
         if data_config.geometric_augment: raise ConfigError(_GEOMETRIC)
         self.cfg, self.batch_size, self.image_size, self.seed = data_config, batch_size, image_size, seed
-        self.index = self.splits = self.stats = self.cache = self.label_convention = None
+        self.cache_dir = cache_dir if cache_dir is not None else getattr(data_config, "cache_dir", None)
+        self.frames_on_device = bool(frames_on_device if frames_on_device is not None else getattr(data_config, "frames_on_device", False))
+        self.index = self.splits = self.stats = self.cache = self.label_convention = self.store = None
         self.train_ds = self.val_ds = self.test_ds = None
-        self.subjects = {}
+        self.subjects, self._filled = {}, False
 
     def _subset(self, patients:list) -> list:
         "The transitions of `patients`, at most `max_transitions_per_patient` evenly spaced ones each."
@@ -843,25 +1003,72 @@ class CardiacDataModule(L.LightningDataModule):
                                      c.test_patients, self.subjects, c.num_folds, c.fold)
         parts = {s: self._subset(ps) for s, ps in self.splits.to_dict().items()}
         self.stats = NormStats.from_transitions(parts["train"])
-        self.cache = ImageCache(c.cache_budget_mb) if c.cache_images else None
+        self.cache = ImageCache(c.cache_budget_mb, self.cache_dir) if c.cache_images else None
         aug = photometric_augment(c) if c.augment else None
         self.train_ds, self.val_ds, self.test_ds = (TransitionDataset(parts[s], self.image_size, aug if s == "train" else None, self.cache)
                                                     for s in ("train", "val", "test"))
+        if self.cache is not None and self.cache_dir: self._fill()
+        if self.frames_on_device: self._put_frames_on_device()
 
-    def _loader(self, ds:TransitionDataset|None, train:bool=False) -> DataLoader:
-        if ds is None: raise CardiacDreamerError("CardiacDataModule: call setup() before asking for a dataloader")
-        nw = int(self.cfg.num_workers)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=nw, drop_last=False,
-                          generator=torch.Generator().manual_seed(self.seed) if train else None,
-                          persistent_workers=bool(self.cfg.persistent_workers) and nw > 0, pin_memory=torch.cuda.is_available())
+# %% ../nbs/02_data.ipynb #80a08f75
+def _datasets(self:CardiacDataModule) -> list: return [d for d in (self.train_ds, self.val_ds, self.test_ds) if d is not None]
 
-    def train_dataloader(self) -> DataLoader: return self._loader(self.train_ds, train=True)
-    def val_dataloader(self) -> DataLoader: return self._loader(self.val_ds)
+def _fill(self:CardiacDataModule):
+    "Decode every frame of the splits into the cache (once): before workers fork, or to build the memory-mapped files."
+    if self._filled or self.cache is None: return
+    n = self.cache.fill([p for d in self._datasets() for t in d.transitions for p in (t.ft1, t.ft2)], self.image_size)
+    _log.info("image cache: %d frames decoded (%r)", n, self.cache)
+    self._filled = True
 
-    def test_dataloader(self) -> DataLoader:
-        if self.test_ds is not None and not len(self.test_ds):
-            raise CardiacDreamerError("the test split is empty (split_mode=manual without data.test_patients): nothing to test on")
-        return self._loader(self.test_ds)
+def _put_frames_on_device(self:CardiacDataModule):
+    "Move the decoded data set into a `FrameStore` on the GPU when it fits; else keep the normal path."
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ts = [t for d in self._datasets() for t in d.transitions]
+    need = len({p for t in ts for p in (t.ft1, t.ft2)}) * self.image_size ** 2
+    room = min(self.cfg.cache_budget_mb * 2**20, torch.cuda.mem_get_info(dev)[0] // 2 if dev.type == "cuda" else float("inf"))
+    if need > room:
+        _log.warning("frames_on_device: the decoded data set (%.0f MiB) does not fit (%.0f MiB); loading frames on the CPU", need / 2**20, room / 2**20)
+        return
+    self.store = FrameStore(ts, self.image_size, self.cache, dev)
+    for d in self._datasets(): d.frame_index = self.store.indices(d.transitions)
+
+def device_batch(self:CardiacDataModule, batch:dict, train:bool) -> dict:
+    "A batch of frame indices as float frames on the store's device (augmented when `train`); other batches unchanged."
+    if self.store is None or "frame_t1" not in batch: return batch
+    aug = (lambda x: augment_batch(x, self.cfg)) if train and self.cfg.augment else None
+    return self.store.images(batch, aug)
+
+def _on_after_batch_transfer(self:CardiacDataModule, batch, dataloader_idx:int):
+    trainer = getattr(self, "trainer", None)
+    return self.device_batch(batch, bool(trainer is not None and trainer.training))
+
+CardiacDataModule._datasets, CardiacDataModule._fill, CardiacDataModule._put_frames_on_device = _datasets, _fill, _put_frames_on_device
+CardiacDataModule.device_batch, CardiacDataModule.on_after_batch_transfer = device_batch, _on_after_batch_transfer
+
+# %% ../nbs/02_data.ipynb #aa5fc01f
+def _check_workers(nw:int):
+    "Warn when DataLoader workers and torch's compute threads together ask for more cores than the machine has."
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    if nw and nw + threads > cores:
+        _log.warning("num_workers=%d with %d torch threads on %d cores: the workers compete with the model for the cores; with the "
+                     "image cache, num_workers=0 is faster on a small machine (or lower torch's threads)", nw, threads, cores)
+
+def _loader(self:CardiacDataModule, ds:TransitionDataset|None, train:bool=False) -> DataLoader:
+    if ds is None: raise CardiacDreamerError("CardiacDataModule: call setup() before asking for a dataloader")
+    nw = int(self.cfg.num_workers)
+    if nw: _check_workers(nw); self._fill()  # workers fork after this: they share the filled cache
+    return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=nw, drop_last=False,
+                      generator=torch.Generator().manual_seed(self.seed) if train else None,
+                      persistent_workers=bool(self.cfg.persistent_workers) and nw > 0, pin_memory=torch.cuda.is_available())
+
+def _test_dataloader(self:CardiacDataModule) -> DataLoader:
+    if self.test_ds is not None and not len(self.test_ds):
+        raise CardiacDreamerError("the test split is empty (split_mode=manual without data.test_patients): nothing to test on")
+    return self._loader(self.test_ds)
+
+CardiacDataModule._loader, CardiacDataModule.test_dataloader = _loader, _test_dataloader
+CardiacDataModule.train_dataloader = lambda self: self._loader(self.train_ds, train=True)
+CardiacDataModule.val_dataloader = lambda self: self._loader(self.val_ds)
 
 # %% ../nbs/02_data.ipynb #57359ac7
 def _axis_stats(ts:list) -> dict | None:

@@ -5,14 +5,22 @@
 # %% auto #0
 __all__ = ['FEATURE_CHANNELS', 'CHECKPOINT_KEY', 'CHECKPOINT_FORMAT_VERSION', 'CheckpointError', 'feature_map_size',
            'ResNetBackbone', 'imagenet_weights_url', 'imagenet_weights_path', 'build_backbone', 'Dreamer',
-           'GuidanceHead', 'CardiacDreamer', 'model_checkpoint_payload', 'load_checkpoint_file', 'parameter_counts']
+           'GuidanceHead', 'CardiacDreamer', 'model_checkpoint_payload', 'load_checkpoint_file', 'parameter_counts',
+           'tune_cpu_allocator']
 
 # %% ../nbs/04_model.ipynb #2c4f239a
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
+import math
+import os
 import pickle
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -85,17 +93,20 @@ def feature_map_size(image_size:int, # side of the square input image (pixels)
 class ResNetBackbone(nn.Module):
     "torchvision ResNet without avgpool/fc on 1-channel images in [0, 1]: [B,1,H,W] -> [B,512,h,w]."
     def __init__(self, name:str="resnet34", # "resnet18" | "resnet34"
-                 freeze_layers:int=0): # 0-4: freeze the stem, layer1, layer2, layer3 in that order
+                 freeze_layers:int=0, # 0-4: freeze the stem, layer1, layer2, layer3 in that order
+                 channels_last:bool=True): # NHWC weights and activations (faster convolutions)
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1, self.relu, self.maxpool = net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.name, self.freeze_layers = name, 0
+        self.name, self.freeze_layers, self.channels_last = name, 0, channels_last
+        if channels_last: self.to(memory_format=torch.channels_last)
         self.freeze(freeze_layers)
 
     def forward(self, x): # [B,1,H,W] float in [0, 1]
         x = (x - _GRAY_MEAN) / _GRAY_STD
+        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, H/32, W/32)
 
@@ -180,6 +191,91 @@ def build_backbone(name:str="resnet34", # "resnet18" | "resnet34"
     elif weights != "none": _load_backbone_weights(bb, Path(weights).expanduser(), "backbone weights")
     return bb
 
+# %% ../nbs/04_model.ipynb #7c9dc063
+_MASK_CHUNK = 1 << 18  # values per random stream: masks do not depend on the number of threads
+_RNG_POOL = {}  # pid -> (threads, ThreadPoolExecutor) drawing dropout masks (a forked child makes its own)
+
+def _rng_pool(n:int) -> ThreadPoolExecutor:
+    "A thread pool of at least `n` threads for this process."
+    have = _RNG_POOL.get(os.getpid())
+    if have is None or have[0] < n: _RNG_POOL[os.getpid()] = have = (n, ThreadPoolExecutor(n, thread_name_prefix="cd-mask"))
+    return have[1]
+
+def _fill_keep(seed:int, out:np.ndarray, keep:float, start:int, stop:int):
+    "`out[i] = u_i < keep` for chunks start..stop of `out`, u_i uniform float32 from SFC64(seed + chunk)."
+    for c in range(start, stop):
+        part = out[c * _MASK_CHUNK:(c + 1) * _MASK_CHUNK]
+        u = np.random.Generator(np.random.SFC64(seed + c)).random(len(part), dtype=np.float32)
+        np.less(u, keep, out=part)
+
+# %% ../nbs/04_model.ipynb #965157bb
+def _keep_mask(shape, # shape of the mask
+               keep:float, # probability that an element is kept (1 - dropout p)
+               device, # where the mask is needed
+              ) -> torch.Tensor: # bool, True where the element is kept
+    "Bernoulli(`keep`) mask; on a CPU drawn with NumPy SFC64 streams in parallel, seeded from torch's generator."
+    if torch.device(device).type != "cpu": return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(keep)
+    n = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, ()))  # consumes torch's CPU generator: seeding torch makes the masks repeatable
+    out, chunks = np.empty(n, np.bool_), -(-n // _MASK_CHUNK)
+    k = max(1, min(torch.get_num_threads(), chunks))
+    cuts = np.linspace(0, chunks, k + 1).astype(int)
+    if k == 1: _fill_keep(seed, out, keep, 0, chunks)
+    else: list(_rng_pool(k).map(lambda i: _fill_keep(seed, out, keep, cuts[i], cuts[i + 1]), range(k)))
+    return torch.from_numpy(out).view(shape)
+
+# %% ../nbs/04_model.ipynb #5e43bb64
+class _Dropout(torch.autograd.Function):
+    "Inverted dropout (`F.dropout`'s mathematics) that keeps a 1-byte mask for the backward pass."
+    @staticmethod
+    def forward(ctx, x, p:float):
+        keep = _keep_mask(x.shape, 1 - p, x.device)
+        ctx.save_for_backward(keep); ctx.scale = 1 / (1 - p)
+        return torch.where(keep, x, 0).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, g):
+        keep, = ctx.saved_tensors
+        return torch.where(keep, g, 0).mul_(ctx.scale), None
+
+def _dropout(x, p:float, training:bool):
+    "`F.dropout(x, p, training)`; CPU training goes through `_Dropout` (fast masks)."
+    if not training or p == 0: return x
+    if x.device.type != "cpu" or p >= 1 or not (torch.is_grad_enabled() and x.requires_grad): return F.dropout(x, p, True)
+    return _Dropout.apply(x, p)
+
+# %% ../nbs/04_model.ipynb #f9321495
+class _DropoutAttention(torch.autograd.Function):
+    "`(softmax(q kᵀ · scale) ⊙ keep / (1-p)) v`, keeping only the softmax and a bool mask for the backward pass."
+    @staticmethod
+    def forward(ctx, q, k, v, p:float, scale:float): # q, k, v: (B, H, L, hd)
+        probs = torch.matmul(q * scale, k.transpose(-2, -1)).softmax(-1)      # (B, H, L, L)
+        keep = _keep_mask(probs.shape, 1 - p, probs.device)
+        ctx.save_for_backward(q, k, v, probs, keep); ctx.p, ctx.scale = p, scale
+        return torch.matmul(torch.where(keep, probs, 0), v).mul_(1 / (1 - p))  # (B, H, L, hd)
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, probs, keep = ctx.saved_tensors
+        inv = 1 / (1 - ctx.p)
+        dv = torch.matmul(torch.where(keep, probs, 0).transpose(-2, -1), g).mul_(inv)
+        ds = torch.ops.aten._softmax_backward_data(torch.where(keep, torch.matmul(g, v.transpose(-2, -1)), 0), probs, -1, probs.dtype)
+        dq = torch.matmul(ds, k).mul_(ctx.scale * inv)
+        return dq, torch.matmul(ds.transpose(-2, -1), q).mul_(ctx.scale * inv), dv, None, None
+
+# %% ../nbs/04_model.ipynb #c5adc9ba
+def _autocast_on(device_type:str) -> bool:
+    try: return torch.is_autocast_enabled(device_type)
+    except TypeError: return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()  # torch < 2.4
+
+def _attention(q, k, v, # (B, H, L, hd) queries, keys, values
+               p:float, # attention dropout (0 in evaluation)
+              ): # (B, H, L, hd)
+    "Scaled dot-product attention: `_DropoutAttention` for float32 CPU training with dropout, else the fused SDPA kernels."
+    if p > 0 and q.device.type == "cpu" and q.dtype == torch.float32 and torch.is_grad_enabled() and not _autocast_on("cpu"):
+        return _DropoutAttention.apply(q, k, v, p, 1 / math.sqrt(q.shape[-1]))
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+
 # %% ../nbs/04_model.ipynb #3fe44ead
 class Dreamer(nn.Module):
     "Transformer world model: (f1 [B,512,h,w], standardised action change [B,6]) -> predicted t2 feature map."
@@ -198,6 +294,24 @@ class Dreamer(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
 
+# %% ../nbs/04_model.ipynb #e8ad9813
+def _encoder_layer(layer:nn.TransformerEncoderLayer, # pre-norm layer (norm_first=True, batch_first=True)
+                   x): # (B, L, d) tokens
+    "The layer's forward pass with its own parameters: fused QKV projection, `_attention`, `_dropout`."
+    B, L, d = x.shape
+    a, train = layer.self_attn, layer.training
+    qkv = F.linear(layer.norm1(x), a.in_proj_weight, a.in_proj_bias)                       # (B, L, 3d)
+    q, k, v = qkv.view(B, L, 3, a.num_heads, d // a.num_heads).permute(2, 0, 3, 1, 4)      # 3 x (B, H, L, hd)
+    o = _attention(q, k, v, a.dropout if train else 0.0).transpose(1, 2).reshape(B, L, d)  # (B, L, d)
+    x = x + _dropout(a.out_proj(o), layer.dropout1.p, train)
+    h = layer.linear2(_dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p, train))
+    return x + _dropout(h, layer.dropout2.p, train)                                         # (B, L, d)
+
+def _encoder(enc:nn.TransformerEncoder, x): # (B, L, d) tokens
+    "`enc(x)` computed layer by layer with `_encoder_layer`."
+    for layer in enc.layers: x = _encoder_layer(layer, x)
+    return enc.norm(x) if enc.norm is not None else x
+
 # %% ../nbs/04_model.ipynb #af9674bb
 @patch
 def forward(self:Dreamer, f1, # [B,512,h,w] t1 feature map
@@ -210,8 +324,8 @@ def forward(self:Dreamer, f1, # [B,512,h,w] t1 feature map
     x = f1.flatten(2)                                               # (B, C, hw)
     if self.token_type == "spatial": x = x.transpose(1, 2)         # (B, hw, C)
     a = self.action_embed(change_std.to(f1.dtype))[:, None]         # (B, 1, d)
-    tokens = self.drop(torch.cat([a, self.embed(x)], 1) + self.pos)  # (B, 1 + n, d)
-    delta = self.head(self.encoder(tokens)[:, 1:])                   # (B, n, token_dim)
+    tokens = _dropout(torch.cat([a, self.embed(x)], 1) + self.pos, self.drop.p, self.training)  # (B, 1 + n, d)
+    delta = self.head(_encoder(self.encoder, tokens)[:, 1:])        # (B, n, token_dim)
     if self.token_type == "spatial": delta = delta.transpose(1, 2)  # (B, C, hw)
     return f1 + delta.reshape(B, C, h, w)
 
@@ -412,3 +526,13 @@ def parameter_counts(model:nn.Module) -> dict:
     counts["total"] = sum(p.numel() for p in model.parameters())
     counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return counts
+
+# %% ../nbs/04_model.ipynb #54b742a6
+def tune_cpu_allocator() -> bool: # True when glibc accepted the settings
+    "Serve large blocks from glibc's heap and keep freed memory (`mallopt`), so training steps reuse pages instead of faulting them in."
+    if not sys.platform.startswith("linux"): return False
+    try: libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError: return False
+    if not hasattr(libc, "mallopt"): return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc malloc.h
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -5,21 +5,33 @@
 # %% ../nbs/06_system.ipynb #4abc190c
 from __future__ import annotations
 
+import logging
 import math
+import os
+import random
+import signal
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .config import CardiacDreamerError, LossConfig
 from .geometry import POSE_AXES
 from .losses import CardiacDreamerLoss
 from .model import CardiacDreamer, model_checkpoint_payload
 
+_log = logging.getLogger(__name__)
+
 # %% auto #0
 __all__ = ['MONITOR', 'SCHEDULERS', 'metric_names', 'CardiacDreamerSystem', 'NonFiniteLossError', 'NonFiniteLossGuard',
-           'standard_callbacks']
+           'AtomicCheckpointIO', 'epoch_seed', 'EpochSeeding', 'InterruptCheckpoint', 'standard_callbacks']
 
 # %% ../nbs/06_system.ipynb #1fd842e9
 MONITOR = "val_main_task_loss"  # the metric checkpoints and early stopping follow
@@ -137,26 +149,117 @@ CardiacDreamerSystem.configure_optimizers = _configure_optimizers
 class NonFiniteLossError(CardiacDreamerError):
     "Training produced a NaN or infinite loss."
 
+_NAN_HINT = ("lower training.lr, enable gradient clipping (training.gradient_clip_val) or check the data for extreme labels; "
+             "the last good checkpoint was kept")
+
 class NonFiniteLossGuard(Callback):
-    "Stop training with a clear message when the training loss stops being finite."
+    "Stop training with a clear message when the training loss, or the validation loss, stops being finite."
     def __init__(self, check_every_n_steps:int=1): self.every = max(1, check_every_n_steps)
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx % self.every: return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss.detach()):.4g}) at epoch {trainer.current_epoch}, step {trainer.global_step}: "
-                "lower training.lr, enable gradient clipping (training.gradient_clip_val) or check the data for extreme labels; "
-                "the last good checkpoint was kept")
+            raise NonFiniteLossError(f"non-finite training loss ({float(loss.detach()):.4g}) at epoch {trainer.current_epoch}, "
+                                     f"step {trainer.global_step}: {_NAN_HINT}")
+    def on_validation_end(self, trainer, pl_module):
+        v = trainer.callback_metrics.get(MONITOR)
+        if trainer.sanity_checking or v is None or bool(torch.isfinite(torch.as_tensor(v)).all()): return
+        raise NonFiniteLossError(f"non-finite validation loss ({MONITOR}={float(v):.4g}) at epoch {trainer.current_epoch}: {_NAN_HINT}")
+
+# %% ../nbs/06_system.ipynb #84eeeb91
+_UMASK = os.umask(0o022); os.umask(_UMASK)  # the process umask (read once: os.umask can only be read by setting it)
+
+def _fsync_dir(d:Path):
+    "Flush a folder's entries (the rename) to disk where the platform allows it."
+    try: fd = os.open(d, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    "Checkpoints written to a temporary file in the target's folder, flushed, then renamed over the target; loaded with `weights_only=True`."
+    def save_checkpoint(self, checkpoint:dict, path, storage_options=None):
+        if "://" in str(path): return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
+        if storage_options is not None: raise TypeError("AtomicCheckpointIO.save_checkpoint: storage_options are not supported")
+        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f); f.flush(); os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+# %% ../nbs/06_system.ipynb #ab190748
+def epoch_seed(seed:int, epoch:int, *streams:int) -> int:
+    "A 32-bit seed that depends only on `(seed, epoch, *streams)`."
+    return int(np.random.SeedSequence([int(seed), int(epoch), *map(int, streams)]).generate_state(1)[0])
+
+def _loaders(x) -> list:
+    "The DataLoaders in Lightning's `train_dataloader` (one loader, or lists/dicts of them)."
+    if isinstance(x, dict): return [d for v in x.values() for d in _loaders(v)]
+    if isinstance(x, (list, tuple)): return [d for v in x for d in _loaders(v)]
+    return [] if x is None else [x]
+
+def _shuffle_generators(trainer) -> list:
+    "The torch generators that decide the training loaders' order and worker seeds (each once)."
+    gens = []
+    for dl in _loaders(trainer.train_dataloader):
+        sampler, batch_sampler = getattr(dl, "sampler", None), getattr(dl, "batch_sampler", None)
+        for g in (getattr(dl, "generator", None), getattr(sampler, "generator", None), getattr(getattr(batch_sampler, "sampler", None), "generator", None)):
+            if isinstance(g, torch.Generator) and all(g is not h for h in gens): gens.append(g)
+    return gens
+
+# %% ../nbs/06_system.ipynb #eb249ec8
+class EpochSeeding(Callback):
+    "Re-seed every source of training randomness from `(seed, epoch)` at the start of each epoch, so a resumed run repeats an uninterrupted one."
+    def __init__(self, seed:int): self.seed, self._first = int(seed), True
+    def on_train_start(self, trainer, pl_module): self._first = True
+    def on_train_epoch_start(self, trainer, pl_module):
+        e = trainer.current_epoch
+        s = epoch_seed(self.seed, e, trainer.global_rank)
+        random.seed(s); np.random.seed(s); torch.manual_seed(s)
+        for g in _shuffle_generators(trainer): g.manual_seed(epoch_seed(self.seed, e, 2**31))  # the same order on every rank
+        if self._first: self._redraw_iterator(trainer)
+        self._first = False
+
+    def _redraw_iterator(self, trainer):
+        "The first epoch's loader iterator exists before this hook runs: create it again so that it draws from the new seed."
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if fetcher is not None and getattr(fetcher, "_combined_loader", None) is not None: iter(fetcher)
+
+# %% ../nbs/06_system.ipynb #bffbcb8e
+class InterruptCheckpoint(Callback):
+    "On Ctrl-C or SIGTERM write `interrupted.ckpt` (the weights of that moment); `last.ckpt` stays at the last completed epoch."
+    def __init__(self, dirpath, filename:str="interrupted.ckpt"):
+        self.path, self.signal, self.saved, self.epoch = Path(dirpath) / filename, None, None, None
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, KeyboardInterrupt): self.signal = signal.SIGINT
+        elif isinstance(exception, SIGTERMException) or trainer.received_sigterm: self.signal = signal.SIGTERM
+        else: return  # a failure (e.g. a non-finite loss): the weights may be broken, keep only the last good checkpoint
+        self.epoch = trainer.current_epoch
+        if trainer.world_size > 1 or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING: return
+        try: trainer.save_checkpoint(self.path); self.saved = str(self.path)
+        except Exception as e: _log.warning("could not write %s while stopping: %s", self.path, e)  # boundary: stopping goes on
 
 # %% ../nbs/06_system.ipynb #bae343dd
-def standard_callbacks(checkpoint_dir,               # where top-k and last checkpoints go
+def standard_callbacks(checkpoint_dir,               # where top-k, last and interrupted checkpoints go
                        early_stop_patience:int=20,   # epochs without improvement of `val_main_task_loss`
                        save_top_k:int=3,             # best checkpoints kept
+                       seed:int|None=None,           # training.seed: re-seed every epoch from (seed, epoch); None = don't
                       ) -> list[Callback]:
-    "Top-k + last checkpoints by `val_main_task_loss`, early stopping, and the non-finite loss guard."
+    "Top-k checkpoints by `val_main_task_loss`, `last.ckpt` every epoch, early stopping, the non-finite loss guard, interruption checkpoints, epoch seeding."
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    ckpt = ModelCheckpoint(dirpath=str(checkpoint_dir), filename="cardiac_dreamer-{epoch:02d}-{val_main_task_loss:.4f}",
-                           monitor=MONITOR, mode="min", save_top_k=save_top_k, save_last=True)
+    best = ModelCheckpoint(dirpath=str(checkpoint_dir), filename="cardiac_dreamer-{epoch:02d}-{val_main_task_loss:.4f}",
+                           monitor=MONITOR, mode="min", save_top_k=save_top_k)
+    last = ModelCheckpoint(dirpath=str(checkpoint_dir), filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     stop = EarlyStopping(monitor=MONITOR, mode="min", patience=early_stop_patience, check_finite=True)
-    return [ckpt, stop, NonFiniteLossGuard()]
+    return [best, last, stop, NonFiniteLossGuard(), InterruptCheckpoint(checkpoint_dir)] + ([EpochSeeding(seed)] if seed is not None else [])

@@ -10,34 +10,42 @@ import json
 import logging
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Mapping
 
 import lightning as L
 import numpy as np
 import cardiac_dreamer
 import pandas as pd
 import torch
+from PIL import Image
 
 from .config import (CardiacDreamerError, Config, atomic_write_json, config_from_dict, config_to_dict, load_config,
                                     save_config)
-from .data import CardiacDataModule, data_fingerprint, dataset_statistics, load_image
-from .model import CardiacDreamer
+from .data import (IMAGE_KEYS, JSON_NAME, CardiacDataModule, DataProblem, DataValidationError, data_fingerprint,
+                                  dataset_statistics, load_image)
+from .model import CardiacDreamer, CheckpointError, load_checkpoint_file
 from .plots import (plot_dataset_statistics, plot_training_summary, read_metrics, save_figure,
                                    summarize_metrics, transitions_table)
-from .system import MONITOR, CardiacDreamerSystem, standard_callbacks
+from .system import MONITOR, AtomicCheckpointIO, CardiacDreamerSystem, InterruptCheckpoint, standard_callbacks
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'RUN_STATES', 'workbook_root', 'resolve_path', 'new_run_dir', 'write_status', 'read_status', 'package_versions',
            'git_commit', 'environment_info', 'resolve_config', 'build_datamodule', 'build_model', 'build_system',
-           'build_trainer', 'is_main_process', 'record_dataset', 'record_experiment', 'run_dir_of_checkpoint',
-           'TrainingRun', 'prepare_run', 'train_model', 'csv_metrics', 'finish_run', 'fit', 'NotebookRunError',
-           'workflow_notebook', 'to_html', 'run_notebook']
+           'build_trainer', 'check_frames', 'is_main_process', 'record_dataset', 'record_experiment',
+           'run_dir_of_checkpoint', 'check_resume_checkpoint', 'TrainingInterrupted', 'record_stop', 'TrainingRun',
+           'prepare_run', 'train_model', 'csv_metrics', 'finish_run', 'fit', 'NotebookRunError', 'workflow_notebook',
+           'to_html', 'run_notebook']
 
 # %% ../nbs/07_train.ipynb #a0b3a33a
 def workbook_root() -> Path:
@@ -70,17 +78,32 @@ def new_run_dir(output_dir:str|Path="outputs", # parent folder of all runs
 RUN_STATES = ("running", "finished", "failed", "interrupted")
 
 def write_status(run_dir:str|Path, state:str, reason:str|None=None, **extra) -> dict:
-    "Atomically write `run_dir/status.json`."
-    assert state in RUN_STATES, state
-    rec = dict(state=state, reason=reason, updated=_dt.datetime.now().isoformat(timespec="seconds"), pid=os.getpid(), **extra)
+    "Atomically write `run_dir/status.json`: the state, why, when, and which process on which host."
+    if state not in RUN_STATES: raise ValueError(f"run state must be one of {', '.join(RUN_STATES)}, got {state!r}")
+    rec = dict(state=state, reason=reason, updated=_dt.datetime.now().isoformat(timespec="seconds"), pid=os.getpid(),
+               host=socket.gethostname(), **extra)
     atomic_write_json(Path(run_dir) / "status.json", rec)
     return rec
 
+def _process_gone(rec:dict) -> bool:
+    "Whether the process that wrote a status record ran on this host and no longer exists."
+    pid = rec.get("pid")
+    if rec.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0: return False
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except OSError: return False  # exists, owned by someone else
+    return False
+
 def read_status(run_dir:str|Path) -> dict:
-    "The run's `status.json` (state `unknown` when absent or unreadable)."
+    "The run's `status.json` (state `unknown` when absent or unreadable; a `running` run whose process is gone reads `interrupted`)."
     p = Path(run_dir) / "status.json"
-    try: return json.loads(p.read_text())
+    try: rec = json.loads(p.read_text())
     except (OSError, ValueError): return {"state": "unknown", "reason": f"{p} missing or unreadable"}
+    if not isinstance(rec, dict): return {"state": "unknown", "reason": f"{p} does not hold a status record"}
+    if rec.get("state") == "running" and _process_gone(rec):
+        rec = {**rec, "state": "interrupted", "stale": True, "reason": f"the process that was running it (pid {rec['pid']}) is gone "
+               "(killed?); resume it from checkpoints/last.ckpt"}
+    return rec
 
 # %% ../nbs/07_train.ipynb #d462a2f7
 _PACKAGES = ("cardiac-dreamer", "torch", "torchvision", "lightning", "roma", "numpy", "pandas", "seaborn", "matplotlib",
@@ -117,7 +140,7 @@ def _merge(a:dict, b:dict) -> dict:
     for k, v in b.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-def resolve_config(config_path:str|Path|None=None, # YAML file (None: built-in defaults)
+def resolve_config(config_path:str|Path|Mapping|None=None, # YAML file, or a {section: {key: value}} mapping (None: built-in defaults)
                    overrides:list|dict|None=None,   # "section.key=value" strings or a nested dict
                    data_dir:str|None=None,          # shortcut for data.data_dir
                    split_mode:str|None=None,        # shortcut for data.split_mode
@@ -125,8 +148,11 @@ def resolve_config(config_path:str|Path|None=None, # YAML file (None: built-in d
                    val_patients:list|None=None,     # shortcut for data.val_patients
                    test_patients:list|None=None,    # shortcut for data.test_patients
                   ) -> Config:
-    "Load a configuration, apply overrides and the data/split shortcuts, validate."
-    cfg = load_config(config_path, overrides or None)
+    "Load a configuration, apply overrides and the data/split shortcuts, validate (values are read as YAML data, never run as code)."
+    if isinstance(config_path, Mapping):
+        ov = [overrides] if isinstance(overrides, (str, Mapping)) else list(overrides or [])
+        cfg = load_config(None, [dict(config_path), *ov])
+    else: cfg = load_config(config_path, overrides or None)
     extra = {k: v for k, v in dict(data_dir=data_dir, split_mode=split_mode, train_patients=train_patients,
                                    val_patients=val_patients, test_patients=test_patients).items() if v not in (None, "", [])}
     return config_from_dict(_merge(config_to_dict(cfg), {"data": extra})) if extra else cfg
@@ -161,19 +187,48 @@ def build_trainer(cfg:Config,              # resolved configuration
                   progress:bool=True,      # show Lightning's progress bar
                   **kwargs,                # anything else for `L.Trainer` (overrides the config)
                  ) -> L.Trainer:
-    "A Lightning `Trainer` with the run folder's checkpoints, loggers and callbacks."
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    "A Lightning `Trainer` with the run folder's checkpoints (written atomically), loggers and callbacks."
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     t, run_dir = cfg.training, Path(run_dir)
     loggers = [TensorBoardLogger(str(run_dir / "logs"), name="cardiac_dreamer", default_hp_metric=False),
                CSVLogger(str(run_dir / "logs"), name="cardiac_dreamer_csv")]
-    cbs = standard_callbacks(run_dir / "checkpoints", t.early_stop_patience, t.save_top_k) + list(callbacks or [])
+    cbs = standard_callbacks(run_dir / "checkpoints", t.early_stop_patience, t.save_top_k, seed=t.seed) + list(callbacks or [])
     args = dict(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes,
                 strategy=t.strategy, precision=t.precision, gradient_clip_val=t.gradient_clip_val or None,
                 accumulate_grad_batches=t.accumulate_grad_batches, deterministic=t.deterministic, logger=loggers, callbacks=cbs,
                 log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-                enable_progress_bar=progress, default_root_dir=str(run_dir), enable_model_summary=False)
+                enable_progress_bar=progress, default_root_dir=str(run_dir), enable_model_summary=False, plugins=[AtomicCheckpointIO()])
     return L.Trainer(**{**args, **kwargs})
+
+# %% ../nbs/07_train.ipynb #d6460701
+_FRAME_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "I", "I;16", "I;16B", "I;16L", "I;16N")  # convertible to luminance
+
+def _too_large(w:int, h:int) -> bool: return Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS
+
+def _frame_problem(path:Path) -> str|None:
+    "Why `path` cannot be decoded into one luminance channel (size and mode from the header only), or None."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im: (w, h), mode = im.size, im.mode
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"image too large to decode safely ({e}): {path}"
+    except (OSError, SyntaxError, ValueError) as e: return f"not a readable image ({type(e).__name__}: {e}): {path}"
+    if _too_large(w, h): return f"image is {w}x{h} pixels, more than the {Image.MAX_IMAGE_PIXELS} pixels PIL decodes safely: {path}"
+    if mode not in _FRAME_MODES: return f"image mode {mode!r} is not grayscale or RGB (expected one of L, RGB, RGBA, I;16, ...): {path}"
+    return None
+
+def check_frames(index) -> None:
+    "Refuse frames that would stop training when decoded (too large, or a colour mode that is not grayscale/RGB), naming file, entry, field."
+    oversized = any(_too_large(*map(int, s.split("x"))) for s in index.image_sizes)
+    problems, seen = [], {}
+    for t in index.transitions:
+        for key, path in zip(IMAGE_KEYS, (t.ft1, t.ft2)):
+            if path not in seen: seen[path] = _frame_problem(path) if oversized or path.suffix.lower() != ".png" else None
+            if seen[path]: problems.append(DataProblem(str(Path(index.data_dir) / t.patient / JSON_NAME), t.entry, key, seen[path]))
+    if problems:
+        n = len(problems)
+        raise DataValidationError(problems, f"{n} frame{'' if n == 1 else 's'} in data set {index.data_dir} cannot be decoded for training")
 
 # %% ../nbs/07_train.ipynb #59d9dc6a
 def is_main_process() -> bool:
@@ -218,6 +273,55 @@ def run_dir_of_checkpoint(ckpt:str|Path) -> Path:
     if not ckpt.is_file(): raise CardiacDreamerError(f"{ckpt}: checkpoint file not found")
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
+_TRAINING_STATE = ("epoch", "global_step", "loops", "optimizer_states", "lr_schedulers", "callbacks")
+
+def check_resume_checkpoint(ckpt:str|Path) -> dict:
+    "Load a checkpoint safely and check that it can resume training; `CheckpointError` naming the file otherwise."
+    ckpt = Path(ckpt)
+    d = load_checkpoint_file(ckpt)  # torch.load(weights_only=True): truncated, corrupt, foreign or unsafe files are refused here
+    missing = [k for k in _TRAINING_STATE if k not in d]
+    if missing:
+        raise CheckpointError(f"{ckpt}: cannot resume training from it: it has no {', '.join(missing)} (weights only); resume from "
+                              "RUN/checkpoints/last.ckpt, or load it with CardiacDreamer.from_checkpoint for evaluation")
+    if ckpt.name == "interrupted.ckpt":
+        log.warning("%s was written in the middle of an epoch: training continues from there, but only a resume from last.ckpt "
+                    "repeats an uninterrupted run exactly", ckpt)
+    return d
+
+# %% ../nbs/07_train.ipynb #279e6ac7
+class TrainingInterrupted(KeyboardInterrupt):
+    "Training was stopped by Ctrl-C or SIGTERM; `checkpoints/last.ckpt` resumes it (the CLI exits with 128 + the signal number)."
+    def __init__(self, message:str, signal_number:int=signal.SIGINT):
+        super().__init__(message); self.signal_number = int(signal_number)
+
+def record_stop(run_dir:str|Path, exc:BaseException) -> dict|None:
+    "Mark a `running` run `interrupted` (Ctrl-C, SIGTERM) or `failed` (anything else) with the reason; a recorded end is kept."
+    if not is_main_process() or not (Path(run_dir) / "status.json").exists(): return None
+    cur = read_status(run_dir)
+    if cur.get("state") not in ("running", "unknown") and not cur.get("stale"): return cur
+    stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    reason = str(exc) if isinstance(exc, (CardiacDreamerError, TrainingInterrupted)) else f"{type(exc).__name__}: {exc}"
+    return write_status(run_dir, "interrupted" if stopped else "failed", reason,
+                        **{k: cur[k] for k in ("resumed_from",) if cur.get(k)})
+
+def _check_run_folder_free(run_dir:Path, resumed:bool=False):
+    "Refuse a folder whose run is still running; for a new run also one with results (checkpoints): a run that left nothing may restart."
+    st = read_status(run_dir) if (run_dir / "status.json").exists() else {}
+    if resumed and st.get("state") == "running":
+        raise CardiacDreamerError(f"{run_dir}: the run is still running (pid {st.get('pid')} on {st.get('host')}): stop it before resuming it")
+    if resumed: return
+    ckpts = [p.name for p in [run_dir / "final_model.ckpt", *sorted((run_dir / "checkpoints").glob("*.ckpt"))] if p.is_file()]
+    if st.get("state") in ("running", "finished") or ckpts:
+        what = f"a {st.get('state')} run" if st.get("state") in ("running", "finished") else f"the checkpoints of a run ({', '.join(ckpts[:3])})"
+        raise CardiacDreamerError(f"{run_dir}: this folder already holds {what}; a run folder is never reused by a new run: choose a new "
+                                  f"folder, or continue that run with --resume_from_checkpoint {run_dir / 'checkpoints' / 'last.ckpt'}")
+
+def _remove_stale_temporaries(run_dir:Path):
+    "Delete the temporary files of atomic writes that a killed run left behind (`.NAME.*.tmp`)."
+    for d in (run_dir, run_dir / "checkpoints"):
+        for p in d.glob(".*.tmp"):
+            if p.is_file(): p.unlink(missing_ok=True)
+
 # %% ../nbs/07_train.ipynb #170cb1ba
 @dataclass
 class TrainingRun:
@@ -231,29 +335,56 @@ class TrainingRun:
     test_metrics: dict = field(default_factory=dict)
 
 def prepare_run(cfg:Config, run_dir:str|Path, resume_from:str|None=None, callbacks:list|None=None, progress:bool=True,
-                **trainer_kwargs) -> TrainingRun:
-    "Seed, set up the data, write the dataset report and experiment record, build model, system and trainer."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    dm = build_datamodule(cfg); dm.setup("fit")
-    if is_main_process():
+                dm:CardiacDataModule|None=None, **trainer_kwargs) -> TrainingRun:
+    "Claim the run folder, seed, set up the data (or use `dm`), write the dataset report and experiment record, build model, system, trainer."
+    run_dir, main = Path(run_dir), is_main_process()
+    if resume_from: check_resume_checkpoint(resume_from)
+    if main: _check_run_folder_free(run_dir, resumed=bool(resume_from))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        _remove_stale_temporaries(run_dir)
         write_status(run_dir, "running", resumed_from=str(resume_from) if resume_from else None)
-        if not (run_dir / "dataset_stats.json").exists(): record_dataset(run_dir, dm)
-        if not (run_dir / "experiment_config.json").exists(): record_experiment(run_dir, cfg, dm)
-    system = build_system(cfg, build_model(cfg, dm.stats, dm.label_convention))
-    trainer = build_trainer(cfg, run_dir, callbacks=callbacks, progress=progress, **trainer_kwargs)
+    try:
+        L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+        if dm is None: dm = build_datamodule(cfg)
+        dm.setup("fit"); check_frames(dm.index)
+        if main and not (run_dir / "dataset_stats.json").exists(): record_dataset(run_dir, dm)
+        if main and not (run_dir / "experiment_config.json").exists(): record_experiment(run_dir, cfg, dm)
+        system = build_system(cfg, build_model(cfg, dm.stats, dm.label_convention))
+        trainer = build_trainer(cfg, run_dir, callbacks=callbacks, progress=progress, **trainer_kwargs)
+    except BaseException as e:
+        record_stop(run_dir, e)
+        raise
     return TrainingRun(cfg, run_dir, dm, system, trainer, str(resume_from) if resume_from else None)
 
+# %% ../nbs/07_train.ipynb #12cc8efe
+def _interruption(run:TrainingRun, e:BaseException) -> TrainingInterrupted|None:
+    "A `TrainingInterrupted` describing how `e` (Ctrl-C, SIGTERM) stopped `trainer.fit`, or None for a failure."
+    if isinstance(e, TrainingInterrupted): return e
+    cb = next((c for c in run.trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
+    sig = (cb.signal if cb is not None else None) or (signal.SIGTERM if run.trainer.received_sigterm else None)
+    if sig is None and not isinstance(e, KeyboardInterrupt): return None  # a SystemExit of some other origin
+    sig = sig or signal.SIGINT
+    saved = f"the weights of that moment are in {cb.saved}; " if cb is not None and cb.saved else ""
+    return TrainingInterrupted(f"training stopped by {signal.Signals(sig).name} during epoch {run.trainer.current_epoch}; {saved}resume "
+                               f"with --resume_from_checkpoint {run.run_dir / 'checkpoints' / 'last.ckpt'} (the last completed epoch)", sig)
+
 def train_model(run:TrainingRun) -> TrainingRun:
-    "`trainer.fit` with the run's state recorded in `status.json` whatever happens."
+    "`trainer.fit`, with the run's state recorded in `status.json` whatever happens (Ctrl-C / SIGTERM raise `TrainingInterrupted`)."
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None  # Lightning ignores Ctrl-C after the first one; restore it
     try: run.trainer.fit(run.system, datamodule=run.dm, ckpt_path=run.resume_from, weights_only=True)
     except BaseException as e:
-        interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
-        if is_main_process(): write_status(run.run_dir, "interrupted" if interrupted else "failed", f"{type(e).__name__}: {e}")
+        stop = _interruption(run, e) if isinstance(e, (KeyboardInterrupt, SystemExit)) else None
+        record_stop(run.run_dir, stop or e)
+        if stop is not None: raise stop from None
         raise
+    finally:
+        if main_thread and sigint is not None: signal.signal(signal.SIGINT, sigint)
     if run.trainer.interrupted:
-        if is_main_process(): write_status(run.run_dir, "interrupted", "training was interrupted (Ctrl-C or SIGTERM)")
-        raise KeyboardInterrupt("training was interrupted; resume from checkpoints/last.ckpt")
+        stop = _interruption(run, KeyboardInterrupt())
+        record_stop(run.run_dir, stop)
+        raise stop
     return run
 
 # %% ../nbs/07_train.ipynb #8052cbc9
@@ -267,9 +398,9 @@ def csv_metrics(run_dir:str|Path) -> pd.DataFrame:
                    key=lambda p: int(p.parent.name.split("_")[-1]))
     return read_metrics(files) if files else pd.DataFrame()
 
-def finish_run(run:TrainingRun, test:bool=True) -> dict:
-    "Save `final_model.ckpt`, test the best checkpoint, draw `plots/training_summary.png`, mark the run finished."
+def _finish(run:TrainingRun, test:bool) -> dict:
     tr = run.trainer
+    last_val = tr.callback_metrics.get(MONITOR)
     tr.save_checkpoint(run.run_dir / "final_model.ckpt")
     ckpt = tr.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
@@ -284,13 +415,21 @@ def finish_run(run:TrainingRun, test:bool=True) -> dict:
             summary = summarize_metrics(metrics)
         write_status(run.run_dir, "finished", None, best_checkpoint=best, epochs=tr.current_epoch,
                      best_val_main_task_loss=float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
-                     test_metrics=run.test_metrics)
+                     last_val_main_task_loss=float(last_val) if last_val is not None else None, test_metrics=run.test_metrics)
     return dict(run_dir=str(run.run_dir), best_checkpoint=best, final_checkpoint=str(run.run_dir / "final_model.ckpt"),
                 test_metrics=run.test_metrics, summary=summary)
 
-def fit(cfg:Config, run_dir:str|Path, resume_from:str|None=None, progress:bool=True, **trainer_kwargs) -> dict:
+def finish_run(run:TrainingRun, test:bool=True) -> dict:
+    "Save `final_model.ckpt`, test the best checkpoint, draw `plots/training_summary.png`, mark the run finished."
+    try: return _finish(run, test)
+    except BaseException as e:
+        record_stop(run.run_dir, e)
+        raise
+
+def fit(cfg:Config, run_dir:str|Path, resume_from:str|None=None, progress:bool=True, dm:CardiacDataModule|None=None,
+        **trainer_kwargs) -> dict:
     "The whole training pipeline without a notebook (for `cardiac-dreamer fit`, `torchrun` and SLURM)."
-    run = prepare_run(cfg, run_dir, resume_from=resume_from, progress=progress, **trainer_kwargs)
+    run = prepare_run(cfg, run_dir, resume_from=resume_from, progress=progress, dm=dm, **trainer_kwargs)
     return finish_run(train_model(run))
 
 # %% ../nbs/07_train.ipynb #013064bd
@@ -313,6 +452,11 @@ def to_html(ipynb:str|Path) -> Path:
     tmp.write_text(body, encoding="utf-8"); os.replace(tmp, out)
     return out
 
+def _report_of(out:Path) -> str:
+    "`  report: HTML` for a partly executed notebook, or '' when it cannot be rendered."
+    try: return f"\n  report: {to_html(out)}" if out.is_file() else ""
+    except Exception: return ""  # boundary: the error being reported matters more than its report
+
 def run_notebook(template:str|Path,            # workflow notebook name ("train") or path
                  out_dir:str|Path,             # where the executed notebook goes
                  report_name:str,              # e.g. "train_report" -> train_report.ipynb + .html
@@ -322,6 +466,7 @@ def run_notebook(template:str|Path,            # workflow notebook name ("train"
                 ) -> Path:
     "Execute a workflow notebook with papermill into `out_dir`, render HTML; return the HTML path."
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     src = Path(template) if str(template).endswith(".ipynb") else workflow_notebook(template)
     out = Path(out_dir) / f"{report_name}.ipynb"
     env_backend = os.environ.get("MPLBACKEND"); os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
@@ -329,8 +474,9 @@ def run_notebook(template:str|Path,            # workflow notebook name ("train"
         pm.execute_notebook(str(src), str(out), parameters=parameters or {}, kernel_name="python3", progress_bar=progress,
                             cwd=str(Path.cwd()), execution_timeout=timeout)
     except pm.PapermillExecutionError as e:
-        html = to_html(out)
-        raise NotebookRunError(f"{src.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n  report: {html}") from None
+        raise NotebookRunError(f"{src.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}{_report_of(out)}") from None
+    except DeadKernelError:
+        raise NotebookRunError(f"{src.name}: its kernel died while running it (killed, or out of memory?){_report_of(out)}") from None
     finally:
         if env_backend is None: os.environ.pop("MPLBACKEND", None)
         else: os.environ["MPLBACKEND"] = env_backend

@@ -80,7 +80,8 @@ def test_resume_continues_same_run(trained_run):
 @pytest.mark.parametrize("token_type", ["channel", "spatial"])
 def test_token_types_fit(tiny_phantom, tmp_path, token_type):
     from cardiac_dreamer.train import fit, resolve_config
-    cfg = resolve_config(DEBUG_CONFIG, [f"model.token_type={token_type}", "training.max_epochs=1"], data_dir=str(tiny_phantom))
+    cfg = resolve_config(DEBUG_CONFIG, [f"model.token_type={token_type}", "training.max_epochs=1", "training.limit_train_batches=2"],
+                         data_dir=str(tiny_phantom))
     res = fit(cfg, tmp_path / "run", progress=False)
     assert Path(res["final_checkpoint"]).is_file()
     assert res["test_metrics"] and all(v == v for v in res["test_metrics"].values())
@@ -89,8 +90,8 @@ def test_token_types_fit(tiny_phantom, tmp_path, token_type):
 @pytest.mark.parametrize("scheduler", ["cosine", "cosine_warm_restarts", "onecycle", "plateau"])
 def test_schedulers(tiny_phantom, tmp_path, scheduler):
     from cardiac_dreamer.train import fit, resolve_config
-    cfg = resolve_config(DEBUG_CONFIG, [f"training.scheduler={scheduler}", "training.max_epochs=3", "training.warmup_epochs=1"],
-                         data_dir=str(tiny_phantom))
+    cfg = resolve_config(DEBUG_CONFIG, [f"training.scheduler={scheduler}", "training.max_epochs=3", "training.warmup_epochs=1",
+                                        "training.limit_train_batches=2", "training.limit_val_batches=1"], data_dir=str(tiny_phantom))
     fit(cfg, tmp_path / "run", progress=False)
     lr = _metrics(tmp_path / "run")["learning_rate"].dropna()
     assert len(lr) >= 3 and lr.nunique() > 1, lr.tolist()  # the schedule actually changes the learning rate
