@@ -214,6 +214,8 @@ class DataConfig(_Section):
     persistent_workers: bool = True  # keep workers alive between epochs (only used when num_workers > 0)
     cache_images: bool = True  # keep decoded, resized frames in memory
     cache_budget_mb: int = 2048  # memory budget of the image cache
+    cache_dir: Optional[str] = None  # folder of memory-mapped decoded frames shared by runs and worker processes; null = in memory
+    frames_on_device: bool = False  # CUDA: keep the decoded uint8 data set on the GPU and augment there (when it fits)
     augment: bool = True  # photometric augmentation of training frames
     brightness: float = 0.2  # max relative brightness change
     contrast: float = 0.2  # max relative contrast change

@@ -51,7 +51,8 @@ def _describe_load_error(e:Exception) -> str:
     if isinstance(e, EOFError) or "central directory" in msg or "zip archive" in msg:
         return "the file is empty, truncated or corrupt (not a complete torch zip archive)"
     first = f"{type(e).__name__}: {msg.splitlines()[0][:200] if msg else ''}"
-    if isinstance(e, (pickle.UnpicklingError, UnicodeDecodeError)): return f"not a torch checkpoint file ({first})"
+    if isinstance(e, (pickle.UnpicklingError, UnicodeDecodeError, IndexError, KeyError, ValueError)):  # e.g. random bytes: the
+        return f"not a torch checkpoint file ({first})"                                                 # unpickler's stack underflows
     return first
 
 # %% ../nbs/04_model.ipynb #277dab04
@@ -276,6 +277,31 @@ def _attention(q, k, v, # (B, H, L, hd) queries, keys, values
         return _DropoutAttention.apply(q, k, v, p, 1 / math.sqrt(q.shape[-1]))
     return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
 
+# %% ../nbs/04_model.ipynb #13968bdf
+class _GeluDropoutLinear(torch.autograd.Function):
+    "`F.linear(dropout(gelu(u), p), weight, bias)`, recomputing `dropout(gelu(u))` in the backward pass instead of keeping it."
+    @staticmethod
+    def forward(ctx, u, weight, bias, p:float): # u: (..., 4d) output of linear1
+        keep = _keep_mask(u.shape, 1 - p, u.device)
+        ctx.save_for_backward(u, weight, keep); ctx.scale = 1 / (1 - p)
+        return F.linear(torch.where(keep, F.gelu(u), 0).mul_(ctx.scale), weight, bias)
+
+    @staticmethod
+    def backward(ctx, g): # g: (..., d)
+        u, weight, keep = ctx.saved_tensors
+        h = torch.where(keep, F.gelu(u), 0).mul_(ctx.scale).flatten(0, -2)  # recomputed (N, 4d)
+        g2 = g.flatten(0, -2)                                                # (N, d)
+        dh = torch.where(keep, torch.matmul(g, weight), 0).mul_(ctx.scale)   # (..., 4d)
+        return torch.ops.aten.gelu_backward(dh, u), g2.t().mm(h), g2.sum(0), None
+
+def _ffn_tail(layer:nn.TransformerEncoderLayer, u, train:bool):
+    "`layer.linear2(dropout(gelu(u)))`; `_GeluDropoutLinear` for float32 CPU training with dropout."
+    p = layer.dropout.p if train else 0.0
+    if (p > 0 and u.device.type == "cpu" and u.dtype == torch.float32 and torch.is_grad_enabled() and not _autocast_on("cpu")
+            and layer.activation is F.gelu):
+        return _GeluDropoutLinear.apply(u, layer.linear2.weight, layer.linear2.bias, p)
+    return layer.linear2(_dropout(layer.activation(u), p, train))
+
 # %% ../nbs/04_model.ipynb #3fe44ead
 class Dreamer(nn.Module):
     "Transformer world model: (f1 [B,512,h,w], standardised action change [B,6]) -> predicted t2 feature map."
@@ -304,7 +330,7 @@ def _encoder_layer(layer:nn.TransformerEncoderLayer, # pre-norm layer (norm_firs
     q, k, v = qkv.view(B, L, 3, a.num_heads, d // a.num_heads).permute(2, 0, 3, 1, 4)      # 3 x (B, H, L, hd)
     o = _attention(q, k, v, a.dropout if train else 0.0).transpose(1, 2).reshape(B, L, d)  # (B, L, d)
     x = x + _dropout(a.out_proj(o), layer.dropout1.p, train)
-    h = layer.linear2(_dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p, train))
+    h = _ffn_tail(layer, layer.linear1(layer.norm2(x)), train)
     return x + _dropout(h, layer.dropout2.p, train)                                         # (B, L, d)
 
 def _encoder(enc:nn.TransformerEncoder, x): # (B, L, d) tokens

@@ -104,6 +104,10 @@ def _predict_step(self:CardiacDreamerSystem, batch, batch_idx):
 def _on_train_batch_start(self:CardiacDreamerSystem, batch, batch_idx):
     self.log("learning_rate", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
 
+def _optimizer_zero_grad(self:CardiacDreamerSystem, epoch, batch_idx, optimizer):
+    "Zero the gradients in place (`set_to_none=False`): the same gradients, but backward reuses their memory instead of allocating anew."
+    optimizer.zero_grad(set_to_none=False)
+
 def _on_save_checkpoint(self:CardiacDreamerSystem, checkpoint:dict):
     "Store what `CardiacDreamer.from_checkpoint` needs: config, normalisation statistics, conventions."
     checkpoint["cardiac_dreamer"] = model_checkpoint_payload(self.model, self.full_config)
@@ -111,6 +115,7 @@ def _on_save_checkpoint(self:CardiacDreamerSystem, checkpoint:dict):
 CardiacDreamerSystem.predict_step = _predict_step
 CardiacDreamerSystem.on_train_batch_start = _on_train_batch_start
 CardiacDreamerSystem.on_save_checkpoint = _on_save_checkpoint
+CardiacDreamerSystem.optimizer_zero_grad = _optimizer_zero_grad
 
 # %% ../nbs/06_system.ipynb #4964dabf
 SCHEDULERS = ("cosine", "cosine_warm_restarts", "onecycle", "plateau", "none")

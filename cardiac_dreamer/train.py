@@ -32,7 +32,7 @@ from .config import (CardiacDreamerError, Config, atomic_write_json, config_from
                                     save_config)
 from .data import (IMAGE_KEYS, JSON_NAME, CardiacDataModule, DataProblem, DataValidationError, data_fingerprint,
                                   dataset_statistics, load_image)
-from .model import CardiacDreamer, CheckpointError, load_checkpoint_file
+from .model import CardiacDreamer, CheckpointError, load_checkpoint_file, tune_cpu_allocator
 from .plots import (plot_dataset_statistics, plot_training_summary, read_metrics, save_figure,
                                    summarize_metrics, transitions_table)
 from .system import MONITOR, AtomicCheckpointIO, CardiacDreamerSystem, InterruptCheckpoint, standard_callbacks
@@ -344,6 +344,7 @@ def prepare_run(cfg:Config, run_dir:str|Path, resume_from:str|None=None, callbac
     if main:
         _remove_stale_temporaries(run_dir)
         write_status(run_dir, "running", resumed_from=str(resume_from) if resume_from else None)
+    if cfg.training.accelerator == "cpu" or not torch.cuda.is_available(): tune_cpu_allocator()  # see `model.tune_cpu_allocator`
     try:
         L.seed_everything(cfg.training.seed, workers=True, verbose=False)
         if dm is None: dm = build_datamodule(cfg)

@@ -53,7 +53,7 @@ def test_training_step_figures(record):
     assert t["mfu"] == pytest.approx(t["achieved_gflops"] / t["median_ceiling_gflops"]) and len(t["mfu_per_step"]) == 2
     assert 0 < t["mfu"] < 2 and 0 < t["cpu_share"] < 1.5 and 0.05 < t["peak_rss_gib"] < 64
     assert {"aten.convolution", "aten.mm"} <= set(t["flops_by_op"]) and sum(t["flops_by_op"].values()) == t["flops_per_step"]
-    assert t["optimizer"] == "AdamW" and t["precision"] == "32" and t["peak_gpu_gib"] is None
+    assert t["optimizer"] == "AdamW" and t["precision"] == "32" and t["peak_gpu_gib"] is None and t["loss_via"] == "training_step"
     assert record["mfu"] == t["mfu"]
 
 
