@@ -28,7 +28,7 @@ __all__ = ['GENERATOR_VERSION', 'STEP_STD', 'POSE_STD', 'DEPTH_MM', 'FAN_DEG', '
            'render', 'action_to_target', 'sample_start_pose', 'make_phantom', 'load_phantom_patient']
 
 # %% ../nbs/03_phantom.ipynb #ec7d0cff
-GENERATOR_VERSION = "phantom-1"  # bump when the anatomy model, the renderer or the file layout changes
+GENERATOR_VERSION = "phantom-2"  # bump when the anatomy model, the renderer or the file layout changes
 STEP_STD = (0.6, 0.7, 0.3, 0.5, 0.3, 0.45)  # per-step probe motion std (mm, deg), close to a real recording
 POSE_STD = (4.5, 5.5, 3.5, 16.0, 8.0, 15.0)  # spread of the probe around the target view (mm, deg)
 DEPTH_MM = 160.0  # imaging depth of the sector
@@ -83,9 +83,9 @@ def _chambers(rng, j):
     rv_r = np.array([13 * j(), 19 * j(), 31 * j()])
     rv_c = [-(lv_r[0] + 9 * j() + rv_r[0]), rng.uniform(-4, 4), base - 0.5 * rv_r[2]]
     la_r = np.array([20 * j(), 19 * j(), 21 * j()])
-    la_c = np.array([rng.uniform(-2, 4), rng.uniform(-4, 2), base + 0.9 * la_r[2]])
+    la_c = np.array([rng.uniform(-2, 4), rng.uniform(-11, -6), base + 0.9 * la_r[2]])  # the atria lie posterior (-y)
     ra_r = np.array([17 * j(), 17 * j(), 19 * j()])
-    ra_c = [la_c[0] - la_r[0] - 4 * j() - ra_r[0], rng.uniform(-3, 3), tv + 0.9 * ra_r[2]]
+    ra_c = [la_c[0] - la_r[0] - 4 * j() - ra_r[0], rng.uniform(-9, -4), tv + 0.9 * ra_r[2]]
     return dict(lv=dict(center=[0.0, 0.0, 0.0], radii=lv_r, wall=9 * j(), cut=base),
                 rv=dict(center=rv_c, radii=rv_r, wall=4 * j(), cut=tv),
                 la=dict(center=la_c, radii=la_r, wall=3 * j(), cut=base),
@@ -97,10 +97,16 @@ def _draw_anatomy(rng: np.random.Generator) -> dict:
     s = rng.uniform(0.9, 1.1)
     j = lambda: s * rng.uniform(0.92, 1.08)
     a = _chambers(rng, j); lv, la = a["lv"], a["la"]
-    a["papillary"] = dict(center=[0.55 * lv["radii"][0], 0.3 * lv["radii"][1] * rng.choice([-1, 1]), -0.25 * lv["radii"][2]],
+    a["papillary"] = dict(center=[0.55 * lv["radii"][0], 0.3 * lv["radii"][1], -0.25 * lv["radii"][2]],  # anterolateral
                           radii=[4 * j(), 4 * j(), 10 * j()])
     a["aorta"] = dict(start=[rng.uniform(-3, 3), 12 * j(), lv["cut"] - 4], direction=[rng.uniform(-0.2, 0.2), 0.7, 0.7],
                       radius=11 * j())
+    rv = a["rv"]  # pulmonary trunk: leaves the RV outflow tract anteriorly and upwards
+    a["pulmonary"] = dict(start=[rv["center"][0] + 6, rv["center"][1] + 0.5 * rv["radii"][1], rv["cut"] - 4],
+                          direction=[rng.uniform(0.2, 0.4), 0.75, 0.6], radius=10 * j())
+    # coronary sinus: in the posterior atrioventricular groove, just behind the standard plane (a slight backward tilt shows it)
+    a["coronary_sinus"] = dict(start=[lv["radii"][0] + 0.5 * lv["wall"], -rng.uniform(5, 7), lv["cut"] + 3 * j()],
+                               direction=[-1.0, -0.1, 0.05], radius=4 * j())
     a["desc_aorta"] = dict(point=[rng.uniform(5, 20), 0.0, la["center"][2] + la["radii"][2] + 16 * j()],
                            direction=[0.5, 0.85, 0.1], radius=10 * j())
     a["ribs"] = dict(gap=rng.uniform(24, 30), radius=6 * j(), depth=rng.uniform(10, 14), spacing=rng.uniform(24, 28))
@@ -120,6 +126,8 @@ def _view_local(an: dict) -> np.ndarray:
     return T
 
 # %% ../nbs/03_phantom.ipynb #f9ae5961
+_HEART_TILT = np.array([5.0, 4.0, 6.0])  # largest roll, pitch, yaw of the heart frame against the world (deg), see above
+
 def make_patient(
     patient_id:str, # name of the patient (its folder)
     seed:int, # everything about the patient is drawn from this seed
@@ -127,7 +135,7 @@ def make_patient(
     "Draw a phantom patient: anatomy, heart pose in the world, gain, and the target (standard view) pose."
     rng = np.random.default_rng(seed)
     an = _draw_anatomy(rng)
-    heart = np.round(np.concatenate([rng.uniform(-10, 10, 3), rng.uniform([-20, -15, -25], [20, 15, 25])]), 4)
+    heart = np.round(np.concatenate([rng.uniform(-10, 10, 3), rng.uniform(-_HEART_TILT, _HEART_TILT)]), 4)
     view = matrix_to_pose(torch.from_numpy(_view_local(an)))
     target = compose_poses(torch.from_numpy(heart), view).numpy()
     return PhantomPatient(patient_id, int(seed), an, heart.tolist(), round(float(rng.uniform(0.85, 1.15)), 4),
@@ -236,9 +244,11 @@ def _paint_valves(cv: _Canvas, an: dict):
     cv.paint(sl, _mask(_ellipsoid_sd(x, y, z, pm["center"], pm["radii"])), 0.6, 0.012)
 
 def _paint_vessels(cv: _Canvas, an: dict):
-    "Aortic root (anterior, out of the standard plane) and descending aorta (far field): bright wall, dark lumen."
-    ao, da = an["aorta"], an["desc_aorta"]
+    "Aortic root and pulmonary trunk (anterior), coronary sinus (posterior), descending aorta (far field): bright wall, dark lumen."
+    ao, pa, cs, da = an["aorta"], an["pulmonary"], an["coronary_sinus"], an["desc_aorta"]
     for (p, d, r), (t0, t1), wall in (((ao["start"], ao["direction"], ao["radius"]), (0, 60), 2.0),
+                                      ((pa["start"], pa["direction"], pa["radius"]), (0, 50), 1.5),
+                                      ((cs["start"], cs["direction"], cs["radius"]), (0, 55), 1.5),
                                       ((da["point"], da["direction"], da["radius"]), (-100, 100), 2.5)):
         sl, x, y, z = cv.along(p, d, t0, t1, r + wall)
         sd = _cylinder_sd(x, y, z, p, d, r, t0, t1)
@@ -393,6 +403,20 @@ def _trajectory(n: int, rng: np.random.Generator):
         ch = np.round(-v, 6); changes.append(ch); at.append(at[-1] + ch)
     return np.array(at), np.array(changes)
 
+# %% ../nbs/03_phantom.ipynb #e8eff17d
+def _sweep_lengths(n: int, sweep: int) -> list:
+    "Transitions of each sweep of an n-transition recording (sweep 0: one sweep)."
+    if sweep <= 0 or sweep >= n: return [n]
+    return [sweep] * (n // sweep) + ([n % sweep] if n % sweep else [])
+
+def _recording(n: int, sweep: int, rng: np.random.Generator):
+    "A recording of n transitions in independent sweeps: at [frames, 6], action_change [n, 6], frame pairs [n, 2]."
+    ats, changes, pairs, f = [], [], [], 0
+    for m in _sweep_lengths(n, sweep):
+        at, ch = _trajectory(m, rng); ats.append(at); changes.append(ch)
+        pairs.append(np.stack([np.arange(f, f + m), np.arange(f + 1, f + m + 1)], 1)); f += m + 1
+    return np.concatenate(ats), np.concatenate(changes), np.concatenate(pairs)
+
 # %% ../nbs/03_phantom.ipynb #00ab11f7
 def _patient_seed(seed: int, i: int) -> int: return int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
 
@@ -409,26 +433,27 @@ def _png(img: np.ndarray, mode: str) -> bytes:
 def _floats(v) -> list: return [float(x) for x in v]
 
 # %% ../nbs/03_phantom.ipynb #21df3dee
-def _entries(at: np.ndarray, change: np.ndarray, sep: str) -> list:
-    "Seed-format entries of a trajectory (entry i: frame i -> frame i+1)."
-    return [dict(ft1_image_path=f"ft1{sep}frame_{i:04d}.png", ft2_image_path=f"ft2{sep}frame_{i + 1:04d}.png",
-                 at1_6dof=_floats(at[i]), action_change_6dof=_floats(change[i]), at2_6dof=_floats(at[i + 1]),
-                 frame_t1=i, frame_t2=i + 1) for i in range(len(change))]
+def _entries(at: np.ndarray, change: np.ndarray, pairs: np.ndarray, sep: str) -> list:
+    "Seed-format entries of a recording (entry i: frame pairs[i, 0] -> frame pairs[i, 1])."
+    return [dict(ft1_image_path=f"ft1{sep}frame_{a:04d}.png", ft2_image_path=f"ft2{sep}frame_{b:04d}.png",
+                 at1_6dof=_floats(at[a]), action_change_6dof=_floats(change[i]), at2_6dof=_floats(at[b]),
+                 frame_t1=int(a), frame_t2=int(b)) for i, (a, b) in enumerate(pairs)]
 
-def _write_patient(pdir: Path, p: PhantomPatient, transitions: int, image_size: int, variant, bar, batch=32):
+def _write_patient(pdir: Path, p: PhantomPatient, transitions: int, sweep: int, image_size: int, variant, bar, batch=32):
     "Render and write one patient's frames, transitions_dataset.json and phantom.json."
     sep, mode = variant
-    at, change = _trajectory(transitions, np.random.default_rng([p.seed, 1]))
+    at, change, pairs = _recording(transitions, sweep, np.random.default_rng([p.seed, 1]))
+    starts, ends = set(pairs[:, 0].tolist()), set(pairs[:, 1].tolist())
     for sub in ("ft1", "ft2"): (pdir / sub).mkdir(parents=True)
     poses = p.target_pose - at  # probe pose of every frame (at = target - probe)
     for b in range(0, len(poses), batch):
         for f, img in enumerate(render_batch(p, poses[b:b + batch], image_size), start=b):
             data = _png(img, mode)
-            if f < transitions: (pdir / "ft1" / f"frame_{f:04d}.png").write_bytes(data)
-            if f > 0: (pdir / "ft2" / f"frame_{f:04d}.png").write_bytes(data)
+            if f in starts: (pdir / "ft1" / f"frame_{f:04d}.png").write_bytes(data)
+            if f in ends: (pdir / "ft2" / f"frame_{f:04d}.png").write_bytes(data)
         bar.update(len(poses[b:b + batch]))
-    (pdir / "transitions_dataset.json").write_text(json.dumps(_entries(at, change, sep), indent=1))
-    meta = dict(p.to_dict(), image_size=image_size, transitions=transitions, path_separator=sep, png_mode=mode)
+    (pdir / "transitions_dataset.json").write_text(json.dumps(_entries(at, change, pairs, sep), indent=1))
+    meta = dict(p.to_dict(), image_size=image_size, transitions=transitions, sweep=sweep, path_separator=sep, png_mode=mode)
     (pdir / "phantom.json").write_text(json.dumps(meta, indent=1))
 
 # %% ../nbs/03_phantom.ipynb #187baac8
@@ -447,24 +472,28 @@ def _move_into_place(tmp: Path, out: Path, names: list):
 # %% ../nbs/03_phantom.ipynb #7d3e416e
 def make_phantom(
     out_dir, # folder to create (or an existing folder without these patients)
-    patients:int=6, # number of phantom patients (folders phantom_00, phantom_01, ...)
-    transitions:int=120, # transitions per patient (transitions + 1 frames)
+    patients:int=192, # number of phantom patients (folders phantom_00, phantom_01, ...; three digits from 100 patients)
+    transitions:int=18, # transitions per patient
+    sweep:int=9, # transitions per sweep: the probe is put down afresh after this many (0: one unbroken sweep)
     seed:int=0, # data set seed: same arguments -> same bytes
-    image_size:int=224, # frames are image_size x image_size PNGs
+    image_size:int=128, # frames are image_size x image_size PNGs
     progress:bool=True, # show a tqdm progress bar
 ) -> list:
     "Generate the phantom data set in the seed format; returns the patient folders."
-    if patients < 1 or transitions < 1 or image_size < 16:
-        raise ValueError(f"need patients >= 1, transitions >= 1, image_size >= 16 (got {patients}, {transitions}, {image_size})")
-    out = Path(out_dir); names = [f"phantom_{i:02d}" for i in range(patients)]
+    if patients < 1 or transitions < 1 or sweep < 0 or image_size < 16:
+        raise ValueError(f"need patients >= 1, transitions >= 1, sweep >= 0, image_size >= 16 "
+                         f"(got {patients}, {transitions}, {sweep}, {image_size})")
+    out, w = Path(out_dir), max(2, len(str(patients - 1)))  # phantom_00 .. phantom_99, or phantom_000 .. when more: names sort
+    names = [f"phantom_{i:0{w}d}" for i in range(patients)]
     _check_free(out, names); out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        with tqdm(total=patients * (transitions + 1), desc="phantom", unit="frame", disable=not progress) as bar:
+        frames = transitions + len(_sweep_lengths(transitions, sweep))
+        with tqdm(total=patients * frames, desc="phantom", unit="frame", disable=not progress) as bar:
             for i, n in enumerate(names):
-                _write_patient(tmp / n, make_patient(n, _patient_seed(seed, i)), transitions, image_size, _variant(i), bar)
+                _write_patient(tmp / n, make_patient(n, _patient_seed(seed, i)), transitions, sweep, image_size, _variant(i), bar)
         manifest = dict(generator="cardiac_dreamer.phantom", version=GENERATOR_VERSION, seed=seed, patients=names,
-                        transitions=transitions, image_size=image_size, label_convention="additive", angle_unit="deg",
+                        transitions=transitions, sweep=sweep, image_size=image_size, label_convention="additive", angle_unit="deg",
                         pose_axes=list(POSE_AXES), step_std=list(STEP_STD), pose_std=list(POSE_STD))
         (tmp / "phantom_manifest.json").write_text(json.dumps(manifest, indent=1))
         _move_into_place(tmp, out, names)

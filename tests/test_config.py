@@ -30,7 +30,7 @@ def test_shipped_values():
     assert (debug.training.batch_size, debug.training.max_epochs, debug.training.early_stop_patience) == (8, 2, 5)
     assert (debug.data.max_transitions_per_patient, debug.data.num_workers) == (16, 0)
     assert (demo.model.backbone, demo.model.image_size, demo.model.d_model, demo.model.num_heads, demo.model.num_layers) == ("resnet18", 96, 128, 4, 2)
-    assert (demo.training.batch_size, demo.training.max_epochs, demo.training.lr, demo.training.scheduler, demo.training.warmup_epochs) == (32, 12, 1e-3, "cosine", 1)
+    assert (demo.training.batch_size, demo.training.max_epochs, demo.training.lr, demo.training.scheduler, demo.training.warmup_epochs) == (16, 4, 1e-3, "onecycle", 1)
     assert (demo.loss.lambda_single_frame, demo.data.num_workers) == (1.0, 0)
 
 
