@@ -578,8 +578,9 @@ def format_table(result:dict) -> str:
     load = f"load average {_f(m['load_average'][0], '{:.2f}')} at start, {_f((m.get('load_average_end') or [None])[0], '{:.2f}')} at end" \
         if m.get("load_average") else ""
     head = (f"**cardiac-dreamer bench** ({result['mode']}, {result['device']}: {m['cpu']}, {m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}; {load}); "
-            f"fp32 matmul ceiling {_f(c['fp32_gflops'], '{:.1f}')} GFLOP/s ({c['size']}³)"
-            + (f", bf16 {_f(c['bf16_gflops'], '{:.1f}')}" if c.get("bf16_gflops") else ""))
+            f"fp32 matmul ceiling {_f(c['fp32_gflops'], '{:.1f}')} GFLOP/s ({c['size']}³) at the start"
+            + (f", bf16 {_f(c['bf16_gflops'], '{:.1f}')}" if c.get("bf16_gflops") else "")
+            + "; `ceiling` below: the median of the products timed between that config's training steps, which `mfu` divides by")
     rows = []
     for name, r in result["configs"].items():
         for key in ("train_step", "train_step_bf16"):
