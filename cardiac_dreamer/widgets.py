@@ -246,8 +246,11 @@ class TrainingJob:
 def start(self:TrainingJob) -> TrainingJob:
     "Start the subprocess and its two watcher threads; returns at once."
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # `stop` is Ctrl-C (SIGINT). A process started in the background (`nohup jupyter lab &`, `make test &`) ignores SIGINT and
+    # its children inherit that, so Python would never raise KeyboardInterrupt in the run: give the child the default again.
+    reset = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None
     self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=self.cwd,
-                                 env=env, start_new_session=True)
+                                 env=env, start_new_session=True, preexec_fn=reset)
     self._reader = threading.Thread(target=self._read_output, name="train-output", daemon=True)
     self._reader.start()
     threading.Thread(target=self._watch, name="train-watch", daemon=True).start()
