@@ -15,6 +15,7 @@ from cardiac_dreamer.config import ConfigError, DataConfig
 from cardiac_dreamer.data import (JSON_NAME, CardiacDataModule, DataValidationError, ImageCache, NormStats, Splits, TransitionDataset,
                                   data_fingerprint, dataset_statistics, index_dataset, kfold_splits, load_image, load_subjects,
                                   split_patients, write_seed_patient)
+from cardiac_dreamer.bench import _scale_dataset
 from cardiac_dreamer.geometry import apply_change
 
 
@@ -325,23 +326,6 @@ _SCALE = textwrap.dedent("""
 """)
 
 
-def _make_scale_dataset(root: Path, patients: int, transitions: int):
-    "Seed-format patients whose frames are hard links to one small PNG per patient (each path distinct)."
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for p in range(patients):
-        d = root / f"patient_{p:03d}"; (d / "frames").mkdir(parents=True)
-        src = root / f"src_{p}.png"
-        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(src, compress_level=1)
-        for i in range(transitions + 1): os.link(src, d / "frames" / f"frames_{p:04d}_{i:05d}.png")
-        at = rng.normal(0, 5, (transitions + 1, 6)).cumsum(0)
-        entries = [{"ft1_image_path": f"frames\\frames_{p:04d}_{i:05d}.png", "ft2_image_path": f"frames\\frames_{p:04d}_{i + 1:05d}.png",
-                    "at1_6dof": at[i].tolist(), "action_change_6dof": (at[i + 1] - at[i]).tolist(),
-                    "at2_6dof": (at[i] + (at[i + 1] - at[i])).tolist(), "frame_t1": i, "frame_t2": i + 1} for i in range(transitions)]
-        (d / JSON_NAME).write_text(json.dumps(entries))
-        src.unlink()
-
-
 @pytest.mark.timeout(300)
 def test_index_200_patients_x_1000_transitions_under_60s_and_2gib(tmp_path):
     """200 patients x 1,000 transitions (chained frames: 200,200 distinct image files) index and validate in < 60 s, < 2 GiB.
@@ -349,7 +333,7 @@ def test_index_200_patients_x_1000_transitions_under_60s_and_2gib(tmp_path):
     Time is measured as the indexing process's CPU time (user + sys), so a machine busy with other work does not fail the test;
     on an idle 2-core machine wall time is about the same (measured ~8-12 s)."""
     try:
-        _make_scale_dataset(tmp_path / "big", 200, 1000)
+        _scale_dataset(tmp_path / "big", 200, 1000, 224)  # the benchmark's builder: hard links, distinct paths
         out = subprocess.run([sys.executable, "-c", _SCALE, str(tmp_path / "big")], capture_output=True, text=True, check=True)
     finally: shutil.rmtree(tmp_path / "big", ignore_errors=True)  # 200k directory entries: do not leave them to pytest's basetemp
     r = json.loads(out.stdout.strip().splitlines()[-1])
