@@ -28,7 +28,7 @@ __all__ = ['GENERATOR_VERSION', 'STEP_STD', 'POSE_STD', 'DEPTH_MM', 'FAN_DEG', '
            'render', 'action_to_target', 'sample_start_pose', 'make_phantom', 'load_phantom_patient']
 
 # %% ../nbs/03_phantom.ipynb #ec7d0cff
-GENERATOR_VERSION = "phantom-2"  # bump when the anatomy model, the renderer or the file layout changes
+GENERATOR_VERSION = "phantom-3"  # bump when the anatomy model, the renderer or the file layout changes
 STEP_STD = (0.6, 0.7, 0.3, 0.5, 0.3, 0.45)  # per-step probe motion std (mm, deg), close to a real recording
 POSE_STD = (4.5, 5.5, 3.5, 16.0, 8.0, 15.0)  # spread of the probe around the target view (mm, deg)
 DEPTH_MM = 160.0  # imaging depth of the sector
@@ -109,7 +109,10 @@ def _draw_anatomy(rng: np.random.Generator) -> dict:
                                direction=[-1.0, -0.1, 0.05], radius=4 * j())
     a["desc_aorta"] = dict(point=[rng.uniform(5, 20), 0.0, la["center"][2] + la["radii"][2] + 16 * j()],
                            direction=[0.5, 0.85, 0.1], radius=10 * j())
-    a["ribs"] = dict(gap=rng.uniform(24, 30), radius=6 * j(), depth=rng.uniform(10, 14), spacing=rng.uniform(24, 28))
+    # ribs cross the imaging plane obliquely, `angle` degrees from its normal, the intercostal window centred on the standard
+    # view give or take `shift` mm; `gap` and `spacing` are measured across the ribs, `depth` from the skin to a rib's axis
+    a["ribs"] = dict(gap=rng.uniform(11, 15), radius=6 * j(), depth=rng.uniform(10, 14), spacing=rng.uniform(20, 24),
+                     angle=rng.uniform(45, 55), shift=rng.uniform(-1.5, 1.5))
     a["lungs"] = dict(offset=rng.uniform(40, 50))
     a["standoff"] = rng.uniform(22, 28)  # skin-to-apex distance along the LV axis
     return _plain(a)
@@ -196,15 +199,26 @@ def _paint_chest(cv: _Canvas, an: dict):
     lv = an["lv"]; skin = -(lv["radii"][2] + lv["wall"]) - an["standoff"]
     sl, x, y, z = cv.region(hi=(1e4, 1e4, skin + 21))
     cv.paint(sl, _mask(z - (skin + 18), 4.0), 0.12 * (1 + 0.6 * torch.sin((z - skin) * 0.9)) * (1 + cv.tex[sl]), 0.008)
-    rb = an["ribs"]; zr, rr = skin + rb["depth"], rb["radius"]
-    for k in (-3, -2, -1, 1, 2, 3):
-        xr = np.sign(k) * (rb["gap"] / 2 + rr + (abs(k) - 1) * rb["spacing"])
-        sl, x, y, z = cv.region((xr - rr - 2, -1e4, zr - rr - 2), (xr + rr + 2, 1e4, zr + rr + 2))
-        cv.paint(sl, _mask(torch.sqrt((x - xr) ** 2 + (z - zr) ** 2) - rr, 1.5), 1.0, 0.15)
+    _paint_ribs(cv, an)
     off = an["lungs"]["offset"]; rv = an["rv"]
     for cx in (lv["radii"][0] + lv["wall"] + off, rv["center"][0] - rv["radii"][0] - off - 5):
         c, r = [cx, 0.0, 15.0], [32, 70, 75]; sl, x, y, z = cv.around(c, r, 4)
         cv.paint(sl, _mask(_ellipsoid_sd(x, y, z, c, r), 4.0), 0.75, 0.08)
+
+# %% ../nbs/03_phantom.ipynb #3ff50ce3
+def _paint_ribs(cv: _Canvas, an: dict):
+    "Six ribs parallel to the skin that cross the standard view's plane obliquely, the intercostal window between the middle two."
+    rb, lv = an["ribs"], an["lv"]; T = _view_local(an); elev, lat, ax, probe = T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3]
+    zr = -(lv["radii"][2] + lv["wall"]) - an["standoff"] + rb["depth"]  # height of the rib axes (the skin is a plane z = const)
+    w = lat - lat[2] / ax[2] * ax; w /= np.linalg.norm(w)  # the view plane's lateral direction along the skin
+    n = elev - elev[2] * np.array([0.0, 0.0, 1.0]); n /= np.linalg.norm(n)  # the plane's normal along the skin
+    a = math.radians(rb["angle"]); d = math.cos(a) * n + math.sin(a) * w  # rib axis, `angle` from the plane's normal
+    rr, k_lat = rb["radius"], 1 / math.cos(a)  # distances across the ribs -> along the plane
+    c0 = probe + (zr - probe[2]) / ax[2] * ax + rb["shift"] * w  # the window's centre, below the probe
+    for k in (-3, -2, -1, 1, 2, 3):
+        p = c0 + np.sign(k) * k_lat * (rb["gap"] / 2 + rr + (abs(k) - 1) * rb["spacing"]) * w
+        sl, x, y, z = cv.along(p, d, -200, 200, rr)
+        cv.paint(sl, _mask(_cylinder_sd(x, y, z, p, d, rr, -200, 200), 1.5), 1.0, 0.3)
 
 # %% ../nbs/03_phantom.ipynb #30cf4908
 def _paint_pericardium(cv: _Canvas, an: dict):
