@@ -225,14 +225,24 @@ def cmd_demo(args) -> int:
     "Phantom data (if absent) -> check -> train with the demo config -> report path."
     data_dir = Path(args.data_dir)
     if not (data_dir.is_dir() and any(data_dir.iterdir())):
-        cmd_make_phantom(argparse.Namespace(out_dir=str(data_dir), patients=args.patients, transitions=args.transitions, sweep=args.sweep, seed=0,
-                                            image_size=128, no_progress=args.no_progress))
+        cmd_make_phantom(argparse.Namespace(out_dir=str(data_dir), patients=args.patients, transitions=args.transitions, sweep=args.sweep,
+                                            seed=args.seed, image_size=args.image_size, no_progress=args.no_progress))
     else: _warn_old_phantom(data_dir)
     cmd_check_data(argparse.Namespace(data_dir=str(data_dir), config=args.config, overrides=[]))
     args.data_dir = str(data_dir)
     return cmd_train(args)
 
 # %% ../nbs/12_cli.ipynb #1a9f8a0c
+def _phantom_args(p:argparse.ArgumentParser, when:str=""):
+    "Size options of the phantom, their defaults read from `make_phantom`'s signature (the one place they are written)."
+    import inspect
+    from cardiac_dreamer.phantom import make_phantom
+    default = {k: v.default for k, v in inspect.signature(make_phantom).parameters.items()}
+    helps = dict(patients="number of patients", transitions="transitions per patient",
+                 sweep="transitions per sweep (0: one unbroken sweep per patient)", seed="data set seed",
+                 image_size="frame width and height in pixels")
+    for k, h in helps.items(): p.add_argument(f"--{k}", type=int, default=default[k], help=f"{h}{when} (default: %(default)s)")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `cardiac-dreamer` argument parser."
     p = argparse.ArgumentParser(prog="cardiac-dreamer", description="Cardiac Dreamer workbook: data, training, evaluation, guidance.")
@@ -242,17 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     c.set_defaults(func=cmd_check_data)
     m = sub.add_parser("make-phantom", help="generate the simulated phantom data set")
-    m.add_argument("out_dir"); m.add_argument("--patients", type=int, default=192); m.add_argument("--transitions", type=int, default=18)
-    m.add_argument("--sweep", type=int, default=9, help="transitions per sweep; 0: one unbroken sweep per patient (default: %(default)s)")
-    m.add_argument("--seed", type=int, default=0); m.add_argument("--image_size", type=int, default=128)
+    m.add_argument("out_dir"); _phantom_args(m)
     m.add_argument("--no_progress", action="store_true"); m.set_defaults(func=cmd_make_phantom)
     t = sub.add_parser("train", help="train through the papermill training notebook"); _add_run_args(t); t.set_defaults(func=cmd_train)
     f = sub.add_parser("fit", help="train without a notebook (torchrun/SLURM/DDP)"); _add_run_args(f)
     f.add_argument("--run_dir", default=None, help="run folder to use (default: a new one; shared by all processes)"); f.set_defaults(func=cmd_fit)
     d = sub.add_parser("demo", help="phantom -> check -> train with configs/demo.yaml"); _add_run_args(d, "configs/demo.yaml")
     d.set_defaults(data_dir="data/phantom", func=cmd_demo)
-    d.add_argument("--patients", type=int, default=192); d.add_argument("--transitions", type=int, default=18)
-    d.add_argument("--sweep", type=int, default=9, help="transitions per sweep of the phantom (default: %(default)s)")
+    _phantom_args(d, ", if DATA_DIR is empty and a phantom is made")
     from cardiac_dreamer import bench, evaluate  # evaluate, cv, sweep, navigate, ablation; bench
     evaluate.add_cli(sub); bench.add_cli(sub)
     return p
