@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -333,6 +334,7 @@ class TrainingRun:
     trainer: L.Trainer
     resume_from: str|None = None
     test_metrics: dict = field(default_factory=dict)
+    fit_seconds: float|None = None  # wall time of `trainer.fit` (this session's part of a resumed run)
 
 def prepare_run(cfg:Config, run_dir:str|Path, resume_from:str|None=None, callbacks:list|None=None, progress:bool=True,
                 dm:CardiacDataModule|None=None, **trainer_kwargs) -> TrainingRun:
@@ -374,6 +376,7 @@ def train_model(run:TrainingRun) -> TrainingRun:
     "`trainer.fit`, with the run's state recorded in `status.json` whatever happens (Ctrl-C / SIGTERM raise `TrainingInterrupted`)."
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None  # Lightning ignores Ctrl-C after the first one; restore it
+    t0 = time.perf_counter()
     try: run.trainer.fit(run.system, datamodule=run.dm, ckpt_path=run.resume_from, weights_only=True)
     except BaseException as e:
         stop = _interruption(run, e) if isinstance(e, (KeyboardInterrupt, SystemExit)) else None
@@ -382,6 +385,7 @@ def train_model(run:TrainingRun) -> TrainingRun:
         raise
     finally:
         if main_thread and sigint is not None: signal.signal(signal.SIGINT, sigint)
+        run.fit_seconds = time.perf_counter() - t0
     if run.trainer.interrupted:
         stop = _interruption(run, KeyboardInterrupt())
         record_stop(run.run_dir, stop)
@@ -416,7 +420,8 @@ def _finish(run:TrainingRun, test:bool) -> dict:
             summary = summarize_metrics(metrics)
         write_status(run.run_dir, "finished", None, best_checkpoint=best, epochs=tr.current_epoch,
                      best_val_main_task_loss=float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
-                     last_val_main_task_loss=float(last_val) if last_val is not None else None, test_metrics=run.test_metrics)
+                     last_val_main_task_loss=float(last_val) if last_val is not None else None, fit_seconds=run.fit_seconds,
+                     test_metrics=run.test_metrics)
     return dict(run_dir=str(run.run_dir), best_checkpoint=best, final_checkpoint=str(run.run_dir / "final_model.ckpt"),
                 test_metrics=run.test_metrics, summary=summary)
 

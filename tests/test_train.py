@@ -39,9 +39,11 @@ def test_run_folder_layout(trained_run):
     rec = json.loads((run / "experiment_config.json").read_text())
     assert {"config", "packages", "git_commit", "data_fingerprint", "splits"} <= rec.keys()
     assert rec["packages"]["torch"] and len(rec["data_fingerprint"]) >= 16
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["fit_seconds"] > 0
     html = (run / "train_report.html").read_text()
     assert "data:image/png;base64" in html  # figures rendered inline
+    assert "epochs done;" in html and "of wall time" in html  # the report says how long training took
 
 
 def test_logged_metric_names(trained_run):
