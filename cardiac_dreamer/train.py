@@ -5,6 +5,7 @@
 # %% ../nbs/07_train.ipynb #25b26f81
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
 import logging
@@ -43,10 +44,10 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'RUN_STATES', 'workbook_root', 'resolve_path', 'new_run_dir', 'write_status', 'read_status', 'package_versions',
            'git_commit', 'environment_info', 'resolve_config', 'build_datamodule', 'build_model', 'build_system',
-           'build_trainer', 'check_frames', 'is_main_process', 'record_dataset', 'record_experiment',
-           'run_dir_of_checkpoint', 'check_resume_checkpoint', 'TrainingInterrupted', 'record_stop', 'TrainingRun',
-           'prepare_run', 'train_model', 'csv_metrics', 'finish_run', 'fit', 'NotebookRunError', 'workflow_notebook',
-           'to_html', 'run_notebook']
+           'DurableCSVLogger', 'build_trainer', 'check_frames', 'is_main_process', 'record_dataset',
+           'record_experiment', 'run_dir_of_checkpoint', 'check_resume_checkpoint', 'TrainingInterrupted',
+           'record_stop', 'TrainingRun', 'prepare_run', 'train_model', 'csv_metrics', 'finish_run', 'fit',
+           'NotebookRunError', 'workflow_notebook', 'to_html', 'run_notebook']
 
 # %% ../nbs/07_train.ipynb #a0b3a33a
 def workbook_root() -> Path:
@@ -182,6 +183,32 @@ def _devices(v):
     if isinstance(v, str) and v.isdigit(): return int(v)
     return v
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+class _AtomicCSVWriter(ExperimentWriter):
+    "Lightning's CSV metrics writer, except that a new column rewrites the file into a temporary one renamed into place."
+    def _rewrite_with_new_header(self, fieldnames:list):
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f: rows = list(csv.DictReader(f))
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames); w.writeheader(); w.writerows(rows)
+        os.replace(tmp, path)
+
+class DurableCSVLogger(CSVLogger):
+    """`CSVLogger` whose metrics file survives a hard kill at any moment. Lightning rewrites the whole file (truncate, then
+    write) whenever a new metric name appears, e.g. the epoch-level training metrics just after the first checkpoint: a
+    SIGKILL there lost every row logged so far, and a resumed run's curves started at its second epoch."""
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AtomicCSVWriter(log_dir=self.log_dir)
+        return self._experiment
+
 def build_trainer(cfg:Config,              # resolved configuration
                   run_dir:str|Path,        # the run folder
                   callbacks:list|None=None, # extra callbacks (e.g. a widget's live plot)
@@ -189,10 +216,10 @@ def build_trainer(cfg:Config,              # resolved configuration
                   **kwargs,                # anything else for `L.Trainer` (overrides the config)
                  ) -> L.Trainer:
     "A Lightning `Trainer` with the run folder's checkpoints (written atomically), loggers and callbacks."
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
     t, run_dir = cfg.training, Path(run_dir)
     loggers = [TensorBoardLogger(str(run_dir / "logs"), name="cardiac_dreamer", default_hp_metric=False),
-               CSVLogger(str(run_dir / "logs"), name="cardiac_dreamer_csv")]
+               DurableCSVLogger(str(run_dir / "logs"), name="cardiac_dreamer_csv")]
     cbs = standard_callbacks(run_dir / "checkpoints", t.early_stop_patience, t.save_top_k, seed=t.seed) + list(callbacks or [])
     args = dict(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes,
                 strategy=t.strategy, precision=t.precision, gradient_clip_val=t.gradient_clip_val or None,
