@@ -53,7 +53,7 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 pytest: $(STAMP) browser
-	rc=0; $(PY) -m pytest tests -q -ra --timeout=900 || rc=$$?; \
+	rc=0; $(PY) -m pytest tests -q -ra --timeout=900 -o tmp_path_retention_policy=failed || rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
 
 test: check-sync nbtest pytest
