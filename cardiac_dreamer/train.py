@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .config import (CardiacDreamerError, Config, atomic_write_json, config_from_dict, config_to_dict, load_config,
+from .config import (CardiacDreamerError, Config, atomic_write_json, atomic_write_text, config_from_dict, config_to_dict, load_config,
                                     save_config)
 from .data import (IMAGE_KEYS, JSON_NAME, CardiacDataModule, DataProblem, DataValidationError, data_fingerprint,
                                   dataset_statistics, load_image)
@@ -188,14 +189,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 class _AtomicCSVWriter(ExperimentWriter):
-    "Lightning's CSV metrics writer, except that a new column rewrites the file into a temporary one renamed into place."
+    "Lightning's CSV metrics writer, except that a new column rewrites the file with `atomic_write_text`."
     def _rewrite_with_new_header(self, fieldnames:list):
-        path = Path(self.metrics_file_path)
-        with open(path, newline="") as f: rows = list(csv.DictReader(f))
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fieldnames); w.writeheader(); w.writerows(rows)
-        os.replace(tmp, path)
+        with open(self.metrics_file_path, newline="") as f: rows = list(csv.DictReader(f))
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=fieldnames); w.writeheader(); w.writerows(rows)
+        atomic_write_text(self.metrics_file_path, buf.getvalue())
 
 class DurableCSVLogger(CSVLogger):
     """`CSVLogger` whose metrics file survives a hard kill at any moment. Lightning rewrites the whole file (truncate, then
