@@ -44,8 +44,11 @@ check-sync: $(STAMP)
 	  git status --porcelain -- cardiac_dreamer; git --no-pager diff --stat -- cardiac_dreamer; exit 1; fi
 	@echo "library in sync with notebooks"
 
+# The notebooks' tests write scratch folders (tempfile) with data sets and checkpoints: give them one folder per run and
+# remove it when every notebook passed (kept for inspection when one failed, like pytest's temporary folders).
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2
+	tmp=$$(mktemp -d -t cardiac_dreamer_nbtest.XXXXXX); rc=0; TMPDIR=$$tmp $(BIN)/nbdev_test --n_workers 2 || rc=$$?; \
+	  if [ $$rc -eq 0 ]; then rm -rf "$$tmp"; else echo "notebook tests failed; their scratch files are in $$tmp"; fi; exit $$rc
 
 # The browser test drives Debian's Chromium through Playwright (no browser download): install the package when absent.
 browser:
