@@ -28,7 +28,7 @@ __all__ = ['GENERATOR_VERSION', 'STEP_STD', 'POSE_STD', 'DEPTH_MM', 'FAN_DEG', '
            'render', 'action_to_target', 'sample_start_pose', 'make_phantom', 'load_phantom_patient']
 
 # %% ../nbs/03_phantom.ipynb #ec7d0cff
-GENERATOR_VERSION = "phantom-3"  # bump when the anatomy model, the renderer or the file layout changes
+GENERATOR_VERSION = "phantom-4"  # bump when the anatomy model, the renderer or the file layout changes
 STEP_STD = (0.6, 0.7, 0.3, 0.5, 0.3, 0.45)  # per-step probe motion std (mm, deg), close to a real recording
 POSE_STD = (4.5, 5.5, 3.5, 16.0, 8.0, 15.0)  # spread of the probe around the target view (mm, deg)
 DEPTH_MM = 160.0  # imaging depth of the sector
@@ -40,7 +40,10 @@ _SHAPE = (128, 160, 160)  # anatomy grid (z, y, x) in the heart frame
 _BOX_MIN = (-128.0, -128.0, -88.0)  # heart-frame position of voxel (0, 0, 0): x, y, z (mm)
 _SPECKLE_MM, _SPECKLE_N = 0.75, 64  # periodic speckle tile: voxel size, voxels per side
 _R0, _A0 = 0.08, 0.006  # background tissue reflectivity and attenuation (1/mm)
-_ELEV = ((-0.6, 0.5), (0.6, 0.5))  # elevation offsets (mm) and weights: the slice thickness
+_ELEV_FOCUS_MM = 70.0  # depth of the array's elevation focus (its acoustic lens)
+_ELEV_SIGMA = (1.5, 4.5)  # elevation beam profile std (mm): at the focus, and added per focal distance away from it
+_ELEV_U = (-1.5, -0.75, 0.0, 0.75, 1.5)  # elevation samples, in units of the local profile std
+_ELEV = tuple((u, math.exp(-u * u / 2) / sum(math.exp(-v * v / 2) for v in _ELEV_U)) for u in _ELEV_U)  # (offset, weight)
 
 # %% ../nbs/03_phantom.ipynb #431fc944
 @dataclass(eq=False)
@@ -294,13 +297,17 @@ def _cached_volume(key: str): return _build_volume(PhantomPatient.from_dict(json
 def _volume(p: PhantomPatient): return _cached_volume(json.dumps(p.to_dict(), sort_keys=True))
 
 # %% ../nbs/03_phantom.ipynb #eaf4707d
+def _elevation_sigma(depth):
+    "Std (mm) of the elevation beam profile at `depth` mm: narrowest at the elevation focus, wider above and below it."
+    return _ELEV_SIGMA[0] + _ELEV_SIGMA[1] * (depth - _ELEV_FOCUS_MM).abs() / _ELEV_FOCUS_MM
+
 @functools.lru_cache(maxsize=8)
 def _beams(n: int) -> torch.Tensor:
     "Sample points of the polar grid in the probe frame, coordinate-major: [3, E * n_depth * n_beams] (mm)."
     half = math.radians(FAN_DEG / 2)
     r, th = torch.meshgrid(torch.linspace(0, DEPTH_MM, n, dtype=torch.float64),
                            torch.linspace(-half, half, n, dtype=torch.float64), indexing="ij")
-    pts = [torch.stack([torch.full_like(r, e), r * torch.sin(th), r * torch.cos(th)], -1) for e, _ in _ELEV]
+    pts = [torch.stack([e * _elevation_sigma(r), r * torch.sin(th), r * torch.cos(th)], -1) for e, _ in _ELEV]
     return torch.stack(pts).reshape(-1, 3).T.float().contiguous()
 
 def _probe_to_heart(p: PhantomPatient, poses: np.ndarray) -> torch.Tensor:
@@ -486,9 +493,9 @@ def _move_into_place(tmp: Path, out: Path, names: list):
 # %% ../nbs/03_phantom.ipynb #7d3e416e
 def make_phantom(
     out_dir, # folder to create (or an existing folder without these patients)
-    patients:int=192, # number of phantom patients (folders phantom_00, phantom_01, ...; three digits from 100 patients)
-    transitions:int=18, # transitions per patient
-    sweep:int=9, # transitions per sweep: the probe is put down afresh after this many (0: one unbroken sweep)
+    patients:int=288, # number of phantom patients (folders phantom_000, phantom_001, ...; two digits below 100 patients)
+    transitions:int=12, # transitions per patient
+    sweep:int=6, # transitions per sweep: the probe is put down afresh after this many (0: one unbroken sweep)
     seed:int=0, # data set seed: same arguments -> same bytes
     image_size:int=128, # frames are image_size x image_size PNGs
     progress:bool=True, # show a tqdm progress bar
