@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'AXES', 'UNITS', 'PATHS', 'THRESHOLDS', 'DEFAULT_MAX_STEP', 'NAVIGATION_DEFAULTS', 'ABLATION_ARMS',
-           'ABLATION_REFERENCE', 'pose_errors', 'predictions_frame', 'predict_transitions', 'error_stats',
+           'ABLATION_REFERENCE', 'pose_errors', 'predictions_frame', 'sweep_ids', 'predict_transitions', 'error_stats',
            'compute_metrics', 'metrics_table', 'within_table', 'per_patient_table', 'write_predictions',
            'read_predictions', 'plot_error_distributions', 'plot_pred_vs_true', 'plot_error_vs_distance',
            'plot_error_along_trajectory', 'save_evaluation_figures', 'evaluation_inputs', 'evaluate_run',
@@ -71,10 +71,12 @@ def predictions_frame(patients:Sequence, # patient folder of each row
                       true, # [N, 6] true at1 (mm, `angle_unit`)
                       preds:dict, # path name -> [N, 6] predictions
                       angle_unit:str="deg", # unit of the angles given
+                      sweeps:Sequence|None=None, # sweep number of each row within its patient (`sweep_ids`); None: no `sweep` column
                      ) -> pd.DataFrame:
     "The predictions table from arrays: true and predicted 6-DOF, signed errors and overall errors per path, distance to the target."
     true = _to_degrees(true, angle_unit).reshape(-1, 6)
     cols = {"patient": [str(p) for p in patients], "entry": np.asarray(entries, dtype=int)}
+    if sweeps is not None: cols["sweep"] = np.asarray(sweeps, dtype=int)
     cols |= {f"true_{a}": true[:, i] for i, a in enumerate(AXES)}
     preds = {k: _to_degrees(v, angle_unit).reshape(-1, 6) for k, v in preds.items()}
     for path, p in preds.items(): cols |= {f"{path}_{a}": p[:, i] for i, a in enumerate(AXES)}
@@ -102,6 +104,20 @@ def _predict_batch(model, transitions:Sequence, image_size:int) -> tuple:
     return single.double().cpu().numpy(), composed.double().cpu().numpy()
 
 # %% ../nbs/09_evaluate.ipynb #fb0b5fab
+def sweep_ids(transitions:Sequence, # `data.Transition`s, in any order
+             ) -> np.ndarray:
+    "Sweep number of each transition within its patient: a new sweep starts where an entry's t1 pose is not the previous entry's t2 pose."
+    order = sorted(range(len(transitions)), key=lambda i: (str(transitions[i].patient), transitions[i].entry))
+    out, prev = np.zeros(len(transitions), dtype=int), None
+    for i in order:
+        t = transitions[i]
+        if prev is not None and str(transitions[prev].patient) == str(t.patient):
+            p = transitions[prev]
+            chained = t.entry == p.entry + 1 and np.allclose(np.asarray(p.at2, float), np.asarray(t.at1, float), rtol=0, atol=1e-6)
+            out[i] = out[prev] + (not chained)
+        prev = i
+    return out
+
 def predict_transitions(model, # a `CardiacDreamer` (e.g. `CardiacDreamer.from_checkpoint(path)`)
                         transitions:Sequence, # `data.Transition`s (e.g. the test patients' transitions of an index)
                         batch_size:int=32, # frames per forward pass
@@ -122,7 +138,7 @@ def predict_transitions(model, # a `CardiacDreamer` (e.g. `CardiacDreamer.from_c
     preds = dict(single=np.concatenate([s for s, _ in out]), composed=np.concatenate([c for _, c in out]),
                  baseline=np.tile(mean, (len(transitions), 1)))
     return predictions_frame([t.patient for t in transitions], [t.entry for t in transitions],
-                             np.stack([t.at1 for t in transitions]), preds, model.angle_unit)
+                             np.stack([t.at1 for t in transitions]), preds, model.angle_unit, sweeps=sweep_ids(transitions))
 
 # %% ../nbs/09_evaluate.ipynb #8fc86dfd
 THRESHOLDS = {"mm": (2, 5, 10), "deg": (5, 10)}  # "within" fractions reported per unit
@@ -309,7 +325,7 @@ def plot_error_along_trajectory(df:pd.DataFrame, # predictions table
                                 paths:Sequence=("single", "composed", "baseline"), # paths to compare
                                 max_patients:int=12, # at most this many patients (rows) are drawn
                                ):
-    "Translation and geodesic rotation error along each patient's recording (entry order), one row per patient."
+    "Translation and geodesic rotation error along each patient's recording (entry order; one line per sweep), one row per patient."
     import seaborn as sns
     paths = [p for p in paths if f"trans_err_{p}" in df]
     patients = sorted(df.patient.astype(str).unique())[:max_patients]
@@ -319,7 +335,10 @@ def plot_error_along_trajectory(df:pd.DataFrame, # predictions table
     for row, pat in zip(axs, patients):
         g = df[df.patient.astype(str) == pat].sort_values("entry")
         for ax, (err, what, unit) in zip(row, (("trans_err", "translation", "mm"), ("rot_err", "rotation", "deg"))):
-            for p in paths: ax.plot(g.entry, g[f"{err}_{p}"], color=colors[p], label=p, lw=1.2, ls="--" if p == "baseline" else "-")
+            for p in paths:
+                for k, (_, s) in enumerate(g.groupby("sweep", sort=True) if "sweep" in g else [(0, g)]):  # no line across sweeps
+                    ax.plot(s.entry, s[f"{err}_{p}"], color=colors[p], label=p if k == 0 else None, lw=1.2,
+                            ls="--" if p == "baseline" else "-", marker=".", ms=3)
             ax.set(title=f"{pat}: {what} error", xlabel="entry", ylabel=unit); ax.set_ylim(bottom=0)
     axs[0, 0].legend(fontsize=9)
     return fig
