@@ -292,14 +292,14 @@ def plot_pred_vs_true(df:pd.DataFrame, # predictions table
                      ):
     "Predicted against true at1 per axis, one colour per patient; dashed: identity, dotted red: the mean predictor."
     import seaborn as sns
-    fig = _figure(figsize)
-    for ax, a, u in zip(fig.subplots(2, 3).ravel(), AXES, UNITS):
-        sns.scatterplot(df, x=f"true_{a}", y=f"{path}_{a}", hue="patient", s=14, linewidth=0, alpha=0.7, ax=ax, legend=a == "x")
+    fig, n = _figure(figsize), df.patient.nunique()
+    for ax, a, u in zip(fig.subplots(2, 3).ravel(), AXES, UNITS):  # a legend of more than 10 patients would hide the axes
+        sns.scatterplot(df, x=f"true_{a}", y=f"{path}_{a}", hue="patient", s=14, linewidth=0, alpha=0.7, ax=ax, legend=a == "x" and n <= 10)
         lo, hi = (float(f(df[[f"true_{a}", f"{path}_{a}"]].to_numpy())) for f in (np.min, np.max))
         ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
         if f"baseline_{a}" in df: ax.axhline(float(df[f"baseline_{a}"].iloc[0]), color="tab:red", ls=":", lw=1.2)
         ax.set(title=f"{a} ({u})", xlabel=f"true ({u})", ylabel=f"{path} prediction ({u})")
-    fig.suptitle(f"Predicted vs true at1, {path} path")
+    fig.suptitle(f"Predicted vs true at1, {path} path (one colour per patient, {n} patients)")
     return fig
 
 # %% ../nbs/09_evaluate.ipynb #7b2290a0
