@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY_SYS ?= python3
+MIN_PYTHON := 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
@@ -16,19 +17,32 @@ export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter-config
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter-runtime
 export IPYTHONDIR := $(CURDIR)/.cache/ipython
 
-.PHONY: help install demo test export check-sync nbtest pytest browser lab bench clean
+.PHONY: help install python-check demo test export check-sync nbtest pytest browser lab bench clean
 help:
 	@echo "make demo   - install, build the phantom data set, train with configs/demo.yaml, print the report path"
 	@echo "make test   - install, check the library is in sync with nbs/, run notebook tests and pytest"
 	@echo "make lab    - start JupyterLab on the workbook"
 	@echo "make bench  - full performance benchmark (writes outputs/bench_*.json)"
 
+# Say which Python will build the venv, and stop early with a clear message when it is too old for the pins.
+python-check:
+	@v=$$($(PY_SYS) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || { \
+	  echo "ERROR: no Python found as '$(PY_SYS)'; install Python >= $(MIN_PYTHON) or run: make PY_SYS=/path/to/python3.11"; exit 1; }; \
+	  if [ "$$(printf '%s\n%s\n' "$(MIN_PYTHON)" "$$v" | sort -V | head -n1)" != "$(MIN_PYTHON)" ]; then \
+	    echo "ERROR: $(PY_SYS) is Python $$v; cardiac-dreamer needs Python >= $(MIN_PYTHON) (the pinned numpy, pandas, matplotlib, pillow and ipykernel do)."; \
+	    echo "       Install Python $(MIN_PYTHON) or newer and run: make PY_SYS=/path/to/python$(MIN_PYTHON)"; exit 1; fi; \
+	  echo "Python $$v ($$(command -v $(PY_SYS) || echo $(PY_SYS)))"
+
 $(STAMP): setup.py settings.ini constraints.txt
-	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
-	@mkdir -p $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cardiac-dreamer)" >/dev/null
+	@test -x $(PY) || $(MAKE) --no-print-directory python-check
+	@t0=$$(date +%s); \
+	  test -x $(PY) || $(PY_SYS) -m venv $(VENV); \
+	  mkdir -p $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR); \
+	  echo "installing cardiac-dreamer and its pinned dependencies into $(VENV) (a few minutes on a fresh machine)"; \
+	  $(PY) -m pip install -q --upgrade pip; \
+	  $(PY) -m pip install -q -c constraints.txt -e ".[dev]"; \
+	  $(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cardiac-dreamer)" >/dev/null; \
+	  echo "install: $$(( $$(date +%s) - t0 )) s"
 	@touch $(STAMP)
 
 install: $(STAMP)
