@@ -4,14 +4,16 @@
 
 # %% auto #0
 __all__ = ['CHOICES', 'CONFIG_SECTIONS', 'CardiacDreamerError', 'ConfigError', 'ModelConfig', 'LossConfig', 'DataConfig',
-           'TrainConfig', 'Config', 'field_docs', 'config_from_dict', 'config_to_dict', 'load_config',
-           'atomic_write_text', 'atomic_write_json', 'validate_config', 'save_config']
+           'TrainConfig', 'Config', 'field_docs', 'config_from_dict', 'config_to_dict', 'package_root',
+           'shipped_configs', 'find_config', 'load_config', 'atomic_write_text', 'atomic_write_json', 'validate_config',
+           'save_config']
 
 # %% ../nbs/01_config.ipynb #fc2645a1
 import dataclasses
 import difflib
 import inspect
 import json
+import logging
 import math
 import numbers
 import os
@@ -23,6 +25,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+import cardiac_dreamer
+
+_log = logging.getLogger(__name__)
 
 # %% ../nbs/01_config.ipynb #52d92103
 class CardiacDreamerError(Exception):
@@ -277,30 +283,92 @@ def field_docs(cls) -> dict:
     return {m[1]: m[2] for m in map(_FIELD_RE.match, lines) if m and m[1] in names}
 
 # %% ../nbs/01_config.ipynb #642c651a
+_ALIASES = {  # "section.key" as the production training guide writes it -> the project's key (read with a note)
+    "training.num_workers": "data.num_workers",  # guide, Troubleshooting: "Slow Data Loading"
+    "training.persistent_workers": "data.persistent_workers",  # guide, Hardware Optimization: "Persistent Workers"
+    "model.lr": "training.lr",  # guide, "Scaling Guidelines"
+}
+_PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32-true": "32"}  # Lightning's other names for CHOICES["training.precision"]
+_SYNONYMS = {  # names from other projects -> the project's key: only suggested ("did you mean"), never read
+    "learning_rate": "training.lr", "epochs": "training.max_epochs", "num_epochs": "training.max_epochs",
+    "patience": "training.early_stop_patience", "grad_clip": "training.gradient_clip_val", "clip_grad_norm": "training.gradient_clip_val",
+    "accumulate_grad": "training.accumulate_grad_batches", "workers": "data.num_workers", "heads": "model.num_heads",
+    "n_heads": "model.num_heads", "nhead": "model.num_heads", "layers": "model.num_layers", "n_layers": "model.num_layers",
+    "hidden_dim": "model.d_model", "embed_dim": "model.d_model", "data_path": "data.data_dir", "data_root": "data.data_dir",
+}
+
 def _valid_keys(sec) -> list: return [f.name for f in dataclasses.fields(CONFIG_SECTIONS[sec])]
+def _field_sections(key) -> list: return [s for s in CONFIG_SECTIONS if key in _valid_keys(s)]
+
+def _suggest(sec, key) -> Optional[str]:
+    "The valid `section.key` closest to an unknown `key` written under `sec` (None: no section), or None."
+    k = str(key).strip().lower().replace("-", "_").replace("_", "")
+    names = [(f, f"{s}.{f}") for s in CONFIG_SECTIONS for f in _valid_keys(s)] + list(_SYNONYMS.items())  # (name, section.key)
+    def score(nk): return difflib.SequenceMatcher(None, k, nk[0].replace("_", "")).ratio() + 0.05 * nk[1].startswith(f"{sec}.")
+    best = max(names, key=score)
+    return best[1] if score(best) >= 0.7 else None
+
+def _did_you_mean(close) -> str: return f" (did you mean '{close}'?)" if close else ""
 
 def _check_key(sec, key, source):
     if sec not in CONFIG_SECTIONS:
-        raise ConfigError(f"{source}: unknown section '{sec}'; valid sections: {', '.join(CONFIG_SECTIONS)}")
+        close = (difflib.get_close_matches(str(sec), list(CONFIG_SECTIONS), n=1) or [None])[0]
+        if key is not None: close = f"{close}.{key}" if close and key in _valid_keys(close) else _suggest(close, key)
+        raise ConfigError(f"{source}: unknown section '{sec}'{_did_you_mean(close)}; valid sections: {', '.join(CONFIG_SECTIONS)}")
     if key is not None and key not in _valid_keys(sec):
-        close = difflib.get_close_matches(str(key), _valid_keys(sec), n=1)
-        hint = f" (did you mean '{sec}.{close[0]}'?)" if close else ""
-        raise ConfigError(f"{source}: unknown key '{sec}.{key}'{hint}; valid keys for '{sec}': {', '.join(_valid_keys(sec))}")
+        raise ConfigError(f"{source}: unknown key '{sec}.{key}'{_did_you_mean(_suggest(sec, key))}; "
+                          f"valid keys for '{sec}': {', '.join(_valid_keys(sec))}")
+
+def _place(key, source) -> str:
+    "The section of a key written without one: the one section with a field of that name, or a `ConfigError`."
+    secs = _field_sections(key)
+    if len(secs) == 1: return secs[0]
+    if secs: raise ConfigError(f"{source}: key '{key}' without a section is ambiguous: write it as one of "
+                               f"{', '.join(f'{s}.{key}' for s in secs)}")
+    raise ConfigError(f"{source}: unknown key '{key}'{_did_you_mean(_suggest(None, key))}; write keys as section.key or under "
+                      f"their section (valid sections: {', '.join(CONFIG_SECTIONS)})")
 
 # %% ../nbs/01_config.ipynb #7ef6733d
-def _merge(values:dict, sources:dict, d, source:str):
-    "Layer `{section: {key: value}}` (or `{'section.key': value}`) from `source` onto `values`, recording `sources`."
+def _entries(d, source) -> list:
+    "`(section, key, value, spelling)` for each value of `{section: {key: value}}`, `{'section.key': value}` or `{key: value}`."
     if not isinstance(d, Mapping):
         raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(CONFIG_SECTIONS)}), got {type(d).__name__}")
-    for sec, body in d.items():
-        if isinstance(sec, str) and "." in sec: sec, body = sec.split(".", 1)[0], {sec.split(".", 1)[1]: body}
-        _check_key(sec, None, source)
-        if body is None: continue  # an empty section in YAML
-        if not isinstance(body, Mapping):
-            raise ConfigError(f"{source}: section '{sec}' must be a mapping of keys to values, got {body!r}")
-        for key, v in body.items():
-            _check_key(sec, key, source)
-            values[sec][key], sources[sec][key] = v, source
+    out = []
+    for k, body in d.items():
+        if isinstance(k, str) and "." in k: out.append((*k.split(".", 1), body, k))
+        elif k not in CONFIG_SECTIONS and _field_sections(k): out.append((_place(k, source), k, body, k))  # a key without its section
+        elif k not in CONFIG_SECTIONS and not (body is None or isinstance(body, Mapping)): _place(k, source)  # unknown key: raises
+        else:
+            _check_key(k, None, source)
+            if body is None: continue  # an empty section in YAML
+            if not isinstance(body, Mapping):
+                raise ConfigError(f"{source}: section '{k}' must be a mapping of keys to values, got {body!r}")
+            out += [(k, key, v, f"{k}.{key}") for key, v in body.items()]
+    return out
+
+def _canonical_precision(v, source):
+    "`training.precision` as Lightning users write it (16, 'bf16', ...) -> the project's name for it, with a note."
+    s = str(v).strip() if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+    if s not in _PRECISION_ALIASES: return v
+    _log.info("%s: training.precision %r is read as %r", source, v, _PRECISION_ALIASES[s])
+    return _PRECISION_ALIASES[s]
+
+def _merge(values:dict, sources:dict, d, source:str, seen:Optional[dict]=None):
+    "Layer `{section: {key: value}}` (or `{'section.key': value}`, or `{key: value}`) from `source` onto `values`, recording `sources`."
+    seen = {} if seen is None else seen  # (section, key) -> (spelling, value) of this source: two spellings must agree
+    for sec, key, v, spelled in _entries(d, source):
+        if f"{sec}.{key}" in _ALIASES:
+            canon = _ALIASES[f"{sec}.{key}"]
+            _log.info("%s: %s is read as %s (the project's key for it)", source, spelled, canon)
+            sec, key = canon.split(".")
+        else: _check_key(sec, key, source)
+        if (sec, key) == ("training", "precision"): v = _canonical_precision(v, source)
+        try: typed = _coerce(v, get_type_hints(CONFIG_SECTIONS[sec])[key])  # compare "1e-3" and 0.001 as numbers
+        except _Mismatch: typed = v
+        if (sec, key) in seen and seen[sec, key][0] != spelled and seen[sec, key][1] != typed:
+            raise ConfigError(f"{source}: {seen[sec, key][0]}={seen[sec, key][1]!r} and {spelled}={typed!r} both set {sec}.{key}; keep one")
+        seen[sec, key] = (spelled, typed)
+        values[sec][key], sources[sec][key] = v, source
 
 # %% ../nbs/01_config.ipynb #c227cdd3
 def _build(values:dict, sources:dict) -> Config:
@@ -340,9 +408,32 @@ def _parse_override(s:str) -> tuple:
     return parts[0], parts[1], value
 
 # %% ../nbs/01_config.ipynb #3b5be05d
+def package_root() -> Path:
+    "The folder that holds the `cardiac_dreamer` package: the repository (workbook) root of an editable install, with `configs/`."
+    return Path(cardiac_dreamer.__file__).resolve().parents[1]
+
+def shipped_configs() -> dict:
+    "Name -> path of the configurations shipped in `package_root()/configs` (empty where the package was installed without them)."
+    d = package_root() / "configs"
+    return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
+
+def find_config(path) -> Path:
+    "`path` when it exists (relative to the working directory), else the shipped config of that name (`demo`, `demo.yaml`, `configs/demo.yaml`)."
+    p = Path(path).expanduser()
+    if p.exists(): return p
+    shipped, name = shipped_configs(), p.stem if p.suffix in (".yaml", ".yml") else p.name
+    if not p.is_absolute() and p.parent in (Path("."), Path("configs")) and name in shipped:
+        _log.info("config %s: not in the working directory %s; using the shipped %s", path, Path.cwd(), shipped[name])
+        return shipped[name]
+    names = ", ".join(shipped) or "none"
+    if p.is_absolute(): where = f"shipped configs, by name: {names}"
+    elif p.parent in (Path("."), Path("configs")):
+        where = f"looked in the working directory {Path.cwd()} and in the shipped configs folder {package_root() / 'configs'}: {names}"
+    else: where = f"looked in the working directory {Path.cwd()}; shipped configs, by name: {names}"
+    raise ConfigError(f"config file not found: {path} ({where})")
+
 def _read_yaml(path) -> Any:
-    path = Path(path)
-    if not path.exists(): raise ConfigError(f"config file not found: {path}")
+    path = find_config(path)
     if not path.is_file(): raise ConfigError(f"config path is not a file: {path}")
     try: d = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e: raise ConfigError(f"{path}: invalid YAML: {e}") from None
@@ -352,21 +443,24 @@ def _read_yaml(path) -> Any:
 # %% ../nbs/01_config.ipynb #99642fb8
 def _apply_overrides(values, sources, overrides):
     if isinstance(overrides, (str, Mapping)): overrides = [overrides]
+    seen = {}  # all --set strings are one source: `--set model.lr=1 --set training.lr=2` is a conflict
     for o in overrides or []:
         if isinstance(o, Mapping): _merge(values, sources, o, "overrides")
         elif isinstance(o, str):
             sec, key, v = _parse_override(o)
-            _merge(values, sources, {sec: {key: v}}, "--set")
+            _merge(values, sources, {f"{sec}.{key}": v}, "--set", seen)
         else: raise ConfigError(f"overrides: expected 'section.key=value' strings or a dict, got {o!r}")
 
 # %% ../nbs/01_config.ipynb #add3ebf3
 def load_config(
-    path=None,  # YAML file with sections model/loss/data/training; None = defaults only
+    path=None,  # YAML file (sections model/loss/data/training, or keys without sections), or a shipped config's name ("demo"); None = defaults only
     overrides=None,  # "section.key=value" strings, or a nested dict, applied after the file
 ) -> Config:
     "Load a validated `Config`: defaults <- YAML file <- overrides."
     values, sources = _empty(), _empty()
-    if path is not None: _merge(values, sources, _read_yaml(path), str(path))
+    if path is not None:
+        path = find_config(path)
+        _merge(values, sources, _read_yaml(path), str(path))
     _apply_overrides(values, sources, overrides)
     return _build(values, sources)
 
