@@ -16,6 +16,7 @@ from typing import Sequence
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -46,15 +47,9 @@ def _decode_all(paths:list, image_size:int, threads:int|None=None) -> list:
 # %% ../nbs/05_datamodule.ipynb #41e962ac
 @contextlib.contextmanager
 def _locked(path:Path):
-    "An exclusive advisory lock on `path` (POSIX `flock`; without it a single writer is assumed)."
+    "An exclusive lock on the file `path`, between processes and threads (`filelock`: `flock` on POSIX, `msvcrt` on Windows)."
     path.parent.mkdir(parents=True, exist_ok=True)
-    try: import fcntl
-    except ImportError: fcntl = None  # Windows
-    with open(path, "a+b") as f:
-        if fcntl: fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally:
-            if fcntl: fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(path): yield
 
 class _FrameFile:
     "Frames of one size in a memory-mapped uint8 file `frames_SxS.u8`, with a JSON index path -> [slot, file size, mtime_ns]."
