@@ -28,7 +28,7 @@ import torchvision
 from fastcore.basics import patch
 
 from .config import CardiacDreamerError, ConfigError, ModelConfig, config_to_dict
-from .data import NormStats
+from .labels import NormStats
 from .geometry import ANGLE_UNITS, LABEL_CONVENTIONS, apply_change, recover_at1
 
 # %% ../nbs/07_model.ipynb #ad15891c
@@ -417,7 +417,7 @@ def destandardize(self:CardiacDreamer, z, # [..., 6] standardised values
 # %% ../nbs/07_model.ipynb #5fbef4c8
 @patch
 def norm_stats(self:CardiacDreamer) -> NormStats:
-    "The model's normalisation statistics as `data.NormStats`."
+    "The model's normalisation statistics as `labels.NormStats`."
     return NormStats(**{f"{n}_{k}": getattr(self, f"{n}_{k}").tolist() for n in _STATS for k in ("mean", "std")})
 
 # %% ../nbs/07_model.ipynb #fd37dbb7

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny phantom data set made once per test session."""
+"""Shared fixtures: a tiny phantom data set made once per test session, a small seed-format data set per test module."""
 import os
 import subprocess
 import sys
@@ -18,6 +18,17 @@ def tiny_phantom(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "data"
     make_phantom(out, patients=4, transitions=12, seed=0, image_size=64, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    "Four valid patients (Windows paths + RGB frames for two of them), 5 transitions each, and a folder without JSON."
+    from cardiac_dreamer.data import write_seed_patient
+
+    root = tmp_path_factory.mktemp("ds")
+    for k in range(4): write_seed_patient(root / f"p{k}", n=5, image_size=32, windows_paths=k < 2, rgb=k < 2, seed=k)
+    (root / "notes").mkdir()
+    return root
 
 
 def cli(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
