@@ -5,7 +5,6 @@
 # %% ../nbs/18_bench.ipynb #eb035f75
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -14,7 +13,6 @@ import datetime as _dt
 import gc
 import json
 import logging
-import math
 import os
 import platform
 import resource
@@ -30,26 +28,28 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import psutil
+import seaborn as sns
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .config import CardiacDreamerError, Config, atomic_write_json, config_from_dict, config_to_dict
+from .config import BenchTargets, CardiacDreamerError, Config, atomic_write_json, config_from_dict, config_to_dict
 from .data import JSON_NAME, CardiacDataModule, index_dataset, write_seed_patient
-from .losses import CardiacDreamerLoss
 from .model import CardiacDreamer, parameter_counts, tune_cpu_allocator
+from .plots import _new_figure, _themed
+from .train import build_system, git_commit, package_versions, resolve_config, resolve_path
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['SCHEMA', 'TARGETS', 'DEFAULT_CONFIGS', 'QUICK_CONFIGS', 'PeakMemory', 'matmul_gflops', 'count_flops',
-           'make_train_step', 'bench_train_step', 'bench_inference', 'synthetic_dataset', 'bench_data', 'bench_index',
-           'machine_info', 'evaluate_targets', 'run_benchmark', 'format_table', 'plot_benchmark', 'cmd_bench',
-           'add_cli']
+__all__ = ['SCHEMA', 'DEFAULT_CONFIGS', 'QUICK_CONFIGS', 'PeakMemory', 'matmul_gflops', 'count_flops', 'make_train_step',
+           'bench_train_step', 'bench_inference', 'synthetic_dataset', 'bench_data', 'bench_index', 'machine_info',
+           'evaluate_targets', 'run_benchmark', 'format_table', 'plot_benchmark']
 
 # %% ../nbs/18_bench.ipynb #abb800a9
 SCHEMA = "cardiac-dreamer-bench/1"  # version of the JSON layout
-TARGETS = dict(mfu=0.75, data_ratio=10.0, latency_p50_ms=100.0, peak_rss_gib=6.0, scale_wall_s=60.0, scale_rss_gib=2.0)  # the issue's targets
 DEFAULT_CONFIGS = ("configs/production.yaml", "configs/demo.yaml")  # full mode: the first one is the target config
 QUICK_CONFIGS = ("configs/debug.yaml",)  # quick mode
 _GIB = 2**30
@@ -104,7 +104,6 @@ class PeakMemory:
         return self
 
     def _sample(self):
-        import psutil
         proc = psutil.Process()
         while not self._stop.is_set():
             self._peak = max(self._peak, proc.memory_info().rss); self._stop.wait(self.interval)
@@ -136,7 +135,6 @@ def matmul_gflops(device="cpu", # where to multiply
 
 # %% ../nbs/18_bench.ipynb #5a6f3c2f
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -207,7 +205,6 @@ def _autocast(cfg:Config, device:torch.device):
 
 def make_train_step(cfg:Config, model, device, batch:dict) -> tuple:
     "`(step, info)`: a training step as Lightning runs it: `training_step` (forward, losses), `optimizer_zero_grad`, backward, clipping, optimiser step."
-    from cardiac_dreamer.train import build_system
     device, system = torch.device(device), build_system(cfg, model)
     opt, how = _optimizer(system)
     clip, params = cfg.training.gradient_clip_val, [p for p in model.parameters() if p.requires_grad]
@@ -375,7 +372,6 @@ _INDEX_SCRIPT = textwrap.dedent("""
 
 def _scale_dataset(root:Path, patients:int, transitions:int, image_size:int):
     "Seed-format patients whose frames are hard links to one small PNG per patient (every path distinct, chained frames)."
-    from PIL import Image
     rng = np.random.default_rng(0)
     for p in range(patients):
         d = root / f"patient_{p:03d}"; (d / "frames").mkdir(parents=True)
@@ -414,7 +410,6 @@ def _cpu_model() -> str|None:
 
 def machine_info(device="cpu") -> dict:
     "CPU, memory, threads, load and accelerator of this process."
-    import psutil
     device = torch.device(device)
     gpu = None
     if device.type == "cuda":
@@ -431,7 +426,6 @@ def _config_name(path) -> str: return Path(path).stem if path else "defaults"
 
 def _resolve_configs(config_paths, quick:bool) -> list:
     "`[(name, path, Config)]` for the requested configuration files (default: production + demo, or debug in quick mode)."
-    from cardiac_dreamer.train import resolve_config, resolve_path
     if config_paths is None or config_paths == []: config_paths = QUICK_CONFIGS if quick else DEFAULT_CONFIGS
     if isinstance(config_paths, (str, Path)): config_paths = [config_paths]
     out, seen = [], set()
@@ -445,7 +439,6 @@ def _resolve_configs(config_paths, quick:bool) -> list:
 # %% ../nbs/18_bench.ipynb #49113216
 def _data_dir_for(cfg:Config, quick:bool, tmp:Path) -> tuple:
     "`(data folder, description)`: the configuration's data set when it exists, else a synthetic one in `tmp`."
-    from cardiac_dreamer.train import resolve_path
     d = resolve_path(cfg.data.data_dir)
     if d is not None and Path(d).is_dir() and any(Path(d).glob(f"*/{JSON_NAME}")): return Path(d), f"configured data set {d}"
     folder = tmp / ("synthetic_quick" if quick else "synthetic_224")
@@ -466,14 +459,14 @@ def evaluate_targets(result:dict) -> dict:
     c = result["configs"].get(name, {})
     ts, data, inf = c.get("train_step") or {}, c.get("data") or {}, c.get("inference") or {}
     cached0 = (data.get("settings") or {}).get("cache_workers0", {}).get("ratio_to_model")
-    scale = result.get("scale") or {}
+    scale, targets = result.get("scale") or {}, BenchTargets()
     return dict(
-        mfu=_target(ts.get("mfu"), TARGETS["mfu"], False, "training step: achieved GFLOP/s / same-run fp32 matmul ceiling", name),
-        data_ratio=_target(cached0, TARGETS["data_ratio"], False, "cached data pipeline samples/s (num_workers=0) / training-step samples/s", name),
-        latency_p50_ms=_target(inf.get("batch1_p50_ms"), TARGETS["latency_p50_ms"], True, "predict_action p50 latency at batch 1 (ms)", name),
-        peak_rss_gib=_target(ts.get("peak_rss_gib"), TARGETS["peak_rss_gib"], True, f"peak resident memory of the training step (GiB)", name),
-        scale_wall_s=_target(scale.get("wall_s"), TARGETS["scale_wall_s"], True, "index + validate the scale data set: wall seconds", None),
-        scale_rss_gib=_target(scale.get("peak_rss_gib"), TARGETS["scale_rss_gib"], True, "index + validate the scale data set: peak GiB", None))
+        mfu=_target(ts.get("mfu"), targets.mfu, False, "training step: achieved GFLOP/s / same-run fp32 matmul ceiling", name),
+        data_ratio=_target(cached0, targets.data_ratio, False, "cached data pipeline samples/s (num_workers=0) / training-step samples/s", name),
+        latency_p50_ms=_target(inf.get("batch1_p50_ms"), targets.latency_p50_ms, True, "predict_action p50 latency at batch 1 (ms)", name),
+        peak_rss_gib=_target(ts.get("peak_rss_gib"), targets.peak_rss_gib, True, f"peak resident memory of the training step (GiB)", name),
+        scale_wall_s=_target(scale.get("wall_s"), targets.scale_wall_s, True, "index + validate the scale data set: wall seconds", None),
+        scale_rss_gib=_target(scale.get("peak_rss_gib"), targets.scale_rss_gib, True, "index + validate the scale data set: peak GiB", None))
 
 # %% ../nbs/18_bench.ipynb #a688008c
 _PRESETS = {  # quick: a smoke test of every measurement; full: the numbers for the README
@@ -492,7 +485,6 @@ def _ceiling(device:torch.device, n:int) -> dict:
     return out
 
 def _versions() -> tuple:
-    from cardiac_dreamer.train import git_commit, package_versions
     return package_versions(), git_commit()
 
 # %% ../nbs/18_bench.ipynb #932bfc07
@@ -544,7 +536,7 @@ def _run(configs, device, quick, out, batch_size, workers, scale, data_dir, comp
                device=str(device), machine=machine_info(device), packages=packages, git_commit=commit,
                allocator_tuned=bool(tune_allocator and device.type == "cpu" and tune_cpu_allocator()),
                settings=dict(batch_size=batch_size, workers=list(workers), compile=compile, **{k: v for k, v in p.items() if k != "scale"}),
-               targets_reference=dict(TARGETS))
+               targets_reference=dataclasses.asdict(BenchTargets()))
     _log.info("bench: matmul ceiling")
     res["ceiling"] = _ceiling(device, p["ceiling_n"])
     res["configs"] = {}
@@ -607,72 +599,34 @@ def format_table(result:dict) -> str:
     return "\n".join(parts + ["", _md(["target", "measure", "goal", "measured", "result"], trows)])
 
 # %% ../nbs/18_bench.ipynb #808df580
+@_themed
 def plot_benchmark(result:dict): # a `run_benchmark` record (or its JSON, loaded)
     "Four panels: achieved vs ceiling GFLOP/s, data throughput vs the step's consumption, single-frame latency, peak memory."
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
     names = list(result["configs"])
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        fig = plt.figure(figsize=(13, 8.5), layout="constrained"); plt.close(fig)
-        ax = fig.subplots(2, 2)
-        t = pd.DataFrame([dict(config=n, kind=k, gflops=v) for n in names for k, v in
-                          (("achieved", result["configs"][n]["train_step"]["achieved_gflops"]),
-                           ("ceiling (same run)", result["configs"][n]["train_step"]["median_ceiling_gflops"]))])
-        sns.barplot(t, x="config", y="gflops", hue="kind", ax=ax[0, 0])
-        for n, bar in zip(names, ax[0, 0].containers[0]):
-            ax[0, 0].annotate(f"mfu {result['configs'][n]['train_step']['mfu']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                              ha="center", va="bottom", fontsize=9)
-        ax[0, 0].set(title="Training step: achieved vs fp32 matmul ceiling", ylabel="GFLOP/s", xlabel="", ylim=(0, 1.3 * t["gflops"].max()))
-        ax[0, 0].legend(loc="upper center", ncol=2, fontsize=9)
-        d = pd.DataFrame([dict(config=n, setting=k.replace("_workers", " w"), samples_per_s=s["samples_per_s"])
-                          for n in names for k, s in result["configs"][n]["data"]["settings"].items()])
-        sns.barplot(d, x="setting", y="samples_per_s", hue="config", ax=ax[0, 1]); ax[0, 1].set_yscale("log")
-        for n, col in zip(names, sns.color_palette(n_colors=len(names))):
-            ax[0, 1].axhline(result["configs"][n]["train_step"]["samples_per_s"], color=col, ls="--", lw=1.2, label=f"{n}: training step")
-        ax[0, 1].legend(fontsize=8); ax[0, 1].set(title="Data pipeline vs the training step's consumption", ylabel="samples/s", xlabel="")
-        lat = pd.DataFrame([dict(config=n, ms=v) for n in names for v in result["configs"][n]["inference"]["batch1_ms"]])
-        sns.boxplot(lat, x="config", y="ms", ax=ax[1, 0], showfliers=False); sns.stripplot(lat, x="config", y="ms", ax=ax[1, 0], color="0.3", size=3)
-        ax[1, 0].axhline(TARGETS["latency_p50_ms"], color="C3", ls="--", lw=1.2, label="target p50")
-        ax[1, 0].legend(fontsize=8); ax[1, 0].set(title="predict_action latency, 1 frame", ylabel="ms", xlabel="")
-        mem = pd.DataFrame([dict(config=n, phase=ph, gib=result["configs"][n][k]["peak_rss_gib"]) for n in names
-                            for ph, k in (("training step", "train_step"), ("inference", "inference"))])
-        sns.barplot(mem, x="config", y="gib", hue="phase", ax=ax[1, 1])
-        ax[1, 1].axhline(TARGETS["peak_rss_gib"], color="C3", ls="--", lw=1.2, label="target (training step)")
-        ax[1, 1].legend(fontsize=8); ax[1, 1].set(title="Peak resident memory", ylabel="GiB", xlabel="")
+    fig, targets = _new_figure((13, 8.5)), BenchTargets()
+    ax = fig.subplots(2, 2)
+    t = pd.DataFrame([dict(config=n, kind=k, gflops=v) for n in names for k, v in
+                      (("achieved", result["configs"][n]["train_step"]["achieved_gflops"]),
+                       ("ceiling (same run)", result["configs"][n]["train_step"]["median_ceiling_gflops"]))])
+    sns.barplot(t, x="config", y="gflops", hue="kind", ax=ax[0, 0])
+    for n, bar in zip(names, ax[0, 0].containers[0]):
+        ax[0, 0].annotate(f"mfu {result['configs'][n]['train_step']['mfu']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=9)
+    ax[0, 0].set(title="Training step: achieved vs fp32 matmul ceiling", ylabel="GFLOP/s", xlabel="", ylim=(0, 1.3 * t["gflops"].max()))
+    ax[0, 0].legend(loc="upper center", ncol=2, fontsize=9)
+    d = pd.DataFrame([dict(config=n, setting=k.replace("_workers", " w"), samples_per_s=s["samples_per_s"])
+                      for n in names for k, s in result["configs"][n]["data"]["settings"].items()])
+    sns.barplot(d, x="setting", y="samples_per_s", hue="config", ax=ax[0, 1]); ax[0, 1].set_yscale("log")
+    for n, col in zip(names, sns.color_palette(n_colors=len(names))):
+        ax[0, 1].axhline(result["configs"][n]["train_step"]["samples_per_s"], color=col, ls="--", lw=1.2, label=f"{n}: training step")
+    ax[0, 1].legend(fontsize=8); ax[0, 1].set(title="Data pipeline vs the training step's consumption", ylabel="samples/s", xlabel="")
+    lat = pd.DataFrame([dict(config=n, ms=v) for n in names for v in result["configs"][n]["inference"]["batch1_ms"]])
+    sns.boxplot(lat, x="config", y="ms", ax=ax[1, 0], showfliers=False); sns.stripplot(lat, x="config", y="ms", ax=ax[1, 0], color="0.3", size=3)
+    ax[1, 0].axhline(targets.latency_p50_ms, color="C3", ls="--", lw=1.2, label="target p50")
+    ax[1, 0].legend(fontsize=8); ax[1, 0].set(title="predict_action latency, 1 frame", ylabel="ms", xlabel="")
+    mem = pd.DataFrame([dict(config=n, phase=ph, gib=result["configs"][n][k]["peak_rss_gib"]) for n in names
+                        for ph, k in (("training step", "train_step"), ("inference", "inference"))])
+    sns.barplot(mem, x="config", y="gib", hue="phase", ax=ax[1, 1])
+    ax[1, 1].axhline(targets.peak_rss_gib, color="C3", ls="--", lw=1.2, label="target (training step)")
+    ax[1, 1].legend(fontsize=8); ax[1, 1].set(title="Peak resident memory", ylabel="GiB", xlabel="")
     return fig
-
-# %% ../nbs/18_bench.ipynb #5af16585
-def _ints(s:str) -> list: return [int(x) for x in s.split(",") if x.strip()]
-
-def cmd_bench(args) -> int:
-    "Run the benchmark, write the JSON, print the table."
-    if not logging.getLogger().handlers: logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.out or f"outputs/bench_{args.device}{'_quick' if args.quick else ''}.json"
-    res = run_benchmark(args.config, args.device, args.quick, out, batch_size=args.batch_size or None, workers=args.workers,
-                        scale=args.scale, data_dir=args.data_dir, compile=args.compile, threads=args.threads,
-                        **({"steps": args.steps} if args.steps else {}))
-    print(format_table(res))
-    print(f"\nJSON: {out}")
-    return 0
-
-# %% ../nbs/18_bench.ipynb #16792286
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    "Register `cardiac-dreamer bench` on the CLI's subparsers."
-    p = subparsers.add_parser("bench", help="performance benchmark: matmul ceiling, FLOPs, training step, MFU, data pipeline, latency, memory")
-    p.add_argument("--config", action="append", default=None, metavar="YAML",
-                   help="configuration to measure (repeatable; default: configs/production.yaml and configs/demo.yaml, "
-                        "configs/debug.yaml with --quick); targets are checked on the first one")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: %(default)s)")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="JSON record (default: outputs/bench_DEVICE.json)")
-    p.add_argument("--quick", action="store_true", help="tiny, fast run that exercises every measurement (for tests)")
-    p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
-                   help="index the 200 x 1,000 scale data set (a tiny one with --quick); default: yes")
-    p.add_argument("--batch_size", type=int, default=8, help="batch of the training step and the data pipeline; 0 = each config's own (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps (default: 5, or 2 with --quick)")
-    p.add_argument("--workers", type=_ints, default=[0, 1, 2], help="DataLoader worker counts, comma-separated (default: 0,1,2)")
-    p.add_argument("--data_dir", default=None, help="data set for the pipeline measurements (default: the config's, else synthetic)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model for the training-step measurement")
-    p.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's, one per core)")
-    p.set_defaults(func=cmd_bench)
-    return p

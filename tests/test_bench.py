@@ -1,12 +1,16 @@
 """Acceptance checks of `cardiac_dreamer.bench`: the quick benchmark writes a JSON record with every field, with sane values
 (timings are not asserted: the machine is shared), and the `bench` subcommand parses and runs."""
-import argparse
+import dataclasses
 import json
 import math
 
 import pytest
 
-from cardiac_dreamer.bench import SCHEMA, TARGETS, add_cli, format_table
+from cardiac_dreamer.bench import SCHEMA, format_table
+from cardiac_dreamer.cli import build_parser
+from cardiac_dreamer.config import BenchTargets
+
+TARGETS = dataclasses.asdict(BenchTargets())
 
 
 def _finite_positive(x) -> bool:
@@ -17,9 +21,7 @@ def _finite_positive(x) -> bool:
 def record(tmp_path_factory):
     "Run `cardiac-dreamer bench --quick` through the subcommand's handler (1 compute thread: robust on a loaded machine)."
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    parser = argparse.ArgumentParser(prog="cardiac-dreamer")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", "--quick", "--threads", "1", "--out", str(out)])
+    args = build_parser().parse_args(["bench", "--quick", "--threads", "1", "--out", str(out)])
     assert args.func(args) == 0
     return json.loads(out.read_text())
 

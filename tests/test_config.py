@@ -144,3 +144,20 @@ def test_choices_cover_sections():
         assert key in CONFIG_SECTIONS[sec].__dataclass_fields__
         assert getattr(CONFIG_SECTIONS[sec](), key) in options
     assert DataConfig().label_convention == "additive"
+
+
+def test_workflow_settings():
+    """Typed, frozen workflow settings: one closed-loop step limit, `--set navigation.KEY=VALUE` read like the configuration's."""
+    import dataclasses
+    from cardiac_dreamer.config import (DEFAULT_DATA_DIR, AblationArms, BenchTargets, EvaluationThresholds, NavigationSettings,
+                                        with_overrides)
+    nav = NavigationSettings()
+    assert nav.max_step == (2.0, 2.0, 2.0, 4.0, 4.0, 4.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        nav.gain = 1.0
+    assert with_overrides(nav, ["navigation.gain=0.7", "navigation.max_step_deg=3"]).max_step == (2.0, 2.0, 2.0, 3.0, 3.0, 3.0)
+    with pytest.raises(ConfigError, match="navigation.gain"):
+        with_overrides(nav, ["navigation.gian=0.7"])
+    assert EvaluationThresholds().by_unit() == {"mm": (2, 5, 10), "deg": (5, 10)}
+    assert AblationArms().names == ("full", "no_world_model", "no_latent_loss") and AblationArms().reference == "no_world_model"
+    assert BenchTargets().latency_p50_ms == 100.0 and DataConfig().data_dir == DEFAULT_DATA_DIR == "data/phantom"

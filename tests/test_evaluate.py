@@ -1,9 +1,9 @@
-"""Evaluation acceptance: evaluate, cross-validation (2 folds), sweep (2 points) and closed-loop navigation on the tiny phantom.
+"""Evaluation acceptance: evaluate, cross-validation (2 folds), sweep (2 points) and closed-loop navigation on the tiny phantom
+(modules `evaluate`, `navigate`, `studies`; one file, because they share the trained cross-validation folds of `cv_run`).
 
 Every command runs in this process through the `cardiac-dreamer` argument parser (training and reports still execute their
 notebooks with papermill); each output file is checked, and `metrics.json` must equal the metrics recomputed from `predictions.csv`.
 """
-import argparse
 import json
 import math
 from pathlib import Path
@@ -19,19 +19,10 @@ AXES = ["x", "y", "z", "roll", "pitch", "yaw"]
 ONE_EPOCH = ["--set", "training.max_epochs=1"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The real `cardiac-dreamer` parser, with the evaluation subcommands added if `cli.build_parser` does not register them yet."""
-    from cardiac_dreamer import cli
-    from cardiac_dreamer.evaluate import add_cli
-    p = cli.build_parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "evaluate" not in sub.choices: add_cli(sub)
-    return p
-
-
 def run(*argv):
-    """Parse and run one command; it must return 0."""
-    args = _parser().parse_args([str(a) for a in argv])
+    """Parse and run one command with the real `cardiac-dreamer` parser; it must return 0."""
+    from cardiac_dreamer.cli import build_parser
+    args = build_parser().parse_args([str(a) for a in argv])
     assert args.func(args) == 0
 
 
@@ -65,6 +56,36 @@ def check_report(folder: Path, name: str):
     nb = json.loads((folder / f"{name}.ipynb").read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
+
+
+def test_evaluate_other_data_set(tmp_path):
+    """A data set without the run's test split (a new site's scans): the error names a few missing folders and suggests
+    `--patients all`, which evaluates every patient folder in --data_dir."""
+    import torch
+    from cardiac_dreamer.config import ModelConfig
+    from cardiac_dreamer.data import NormStats, index_dataset, write_seed_patient
+    from cardiac_dreamer.evaluate import evaluate_run
+    from cardiac_dreamer.model import CardiacDreamer, model_checkpoint_payload
+    train, site = tmp_path / "train", tmp_path / "site_b"
+    write_seed_patient(train / "pat0", n=4, image_size=32, seed=0)
+    for i in range(3): write_seed_patient(site / f"scan{i}", n=2, image_size=32, seed=1 + i)
+    model = CardiacDreamer(ModelConfig(backbone="resnet18", image_size=32, d_model=32, num_heads=2, num_layers=1, guidance_hidden=[32]),
+                           NormStats.from_transitions(index_dataset(train).transitions)).eval()
+    run_dir = tmp_path / "run"; (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "cardiac_dreamer": model_checkpoint_payload(model, {"data": {"data_dir": str(train)}})}, ckpt)
+    test_split = [f"test{i:02d}" for i in range(12)]
+    (run_dir / "experiment_config.json").write_text(json.dumps({"splits": {"train": ["pat0"], "val": [], "test": test_split}}))
+    with pytest.raises(CardiacDreamerError) as e:
+        run("evaluate", "--checkpoint", ckpt, "--data_dir", site, "--output_dir", tmp_path / "out", "--no_progress")
+    msg = str(e.value)
+    assert "--patients all" in msg and "test00, test01, test02, test03, test04 … and 7 more" in msg and "test11" not in msg, msg
+    assert not (tmp_path / "out").exists()
+    df, m = evaluate_run(ckpt, tmp_path / "out", data_dir=site, patients=["all"], figures=False)
+    assert m["patients"] == ["scan0", "scan1", "scan2"] and m["n_frames"] == 6 == len(df)
+    assert m["evaluation"]["patients_from"] == "all patients of the data set"
+    check_metrics_match_predictions(tmp_path / "out")
 
 
 def test_data_kfold_bad_input(tiny_phantom, tmp_path):
@@ -128,7 +149,7 @@ def test_cv_outputs(cv_run):
 
 def test_cv_continue_skips_finished(cv_run):
     """Repeating the cross-validation on its folder trains nothing again; different settings are refused."""
-    from cardiac_dreamer.evaluate import run_cv
+    from cardiac_dreamer.studies import run_cv
     stamps = {p: p.stat().st_mtime_ns for k in (0, 1) for p in (cv_run / f"fold_{k}" / "status.json",
                                                              cv_run / f"fold_{k}" / "train_report.ipynb",
                                                              cv_run / f"fold_{k}" / "metrics.json")}
@@ -140,7 +161,7 @@ def test_cv_continue_skips_finished(cv_run):
 
 def test_evaluate_command(cv_run, tiny_phantom, capsys):
     """`evaluate --checkpoint` writes the report, metrics and predictions into the checkpoint's run folder by default."""
-    from cardiac_dreamer.evaluate import best_checkpoint
+    from cardiac_dreamer.studies import best_checkpoint
     fd = cv_run / "fold_1"
     (fd / "metrics.json").unlink(); (fd / "predictions.csv").unlink()
     run("evaluate", "--checkpoint", best_checkpoint(fd), "--no_progress")
@@ -165,7 +186,7 @@ def test_evaluate_command(cv_run, tiny_phantom, capsys):
 
 
 def test_evaluate_bad_input(cv_run, tmp_path):
-    from cardiac_dreamer.evaluate import best_checkpoint
+    from cardiac_dreamer.studies import best_checkpoint
     ckpt = best_checkpoint(cv_run / "fold_0")
     with pytest.raises(CardiacDreamerError, match="nobody"):
         run("evaluate", "--checkpoint", ckpt, "--patients", "nobody", "--output_dir", tmp_path)
@@ -176,7 +197,7 @@ def test_evaluate_bad_input(cv_run, tmp_path):
 
 def test_navigate_command(cv_run, tmp_path, capsys):
     """Closed loop: the oracle reaches the target in >= 95% of episodes, the mean predictor in clearly fewer."""
-    from cardiac_dreamer.evaluate import best_checkpoint
+    from cardiac_dreamer.studies import best_checkpoint
     out = tmp_path / "nav"
     run("navigate", "--checkpoint", best_checkpoint(cv_run / "fold_0"), "--episodes", 10, "--max_steps", 20, "--spread", 5,
         "--output_dir", out, "--no_progress")
