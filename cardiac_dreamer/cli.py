@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, NavigationSettings, with_overrides
+from .config import DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, NavigationSettings, PhantomSettings, with_overrides
 # The workflow modules (train, evaluate, navigate, studies, bench, phantom, data) load torch: each is imported inside the function
 # that needs it ("lazy" below), so that `cardiac-dreamer --help` stays fast.
 
@@ -396,9 +395,8 @@ def _add_bench_command(subparsers) -> argparse.ArgumentParser:
 
 # %% ../nbs/19_cli.ipynb #1a9f8a0c
 def _phantom_args(p:argparse.ArgumentParser, when:str=""):
-    "Size options of the phantom, their defaults read from `make_phantom`'s signature (the one place they are written)."
-    from cardiac_dreamer.phantom import make_phantom  # lazy
-    default = {k: v.default for k, v in inspect.signature(make_phantom).parameters.items()}
+    "Size options of the phantom, their defaults from `config.PhantomSettings` (the one place they are written; no torch import)."
+    default = dataclasses.asdict(PhantomSettings())
     helps = dict(patients="number of patients", transitions="transitions per patient",
                  sweep="transitions per sweep (0: one unbroken sweep per patient)", seed="data set seed",
                  image_size="frame width and height in pixels")

@@ -7,7 +7,7 @@ __all__ = ['CHOICES', 'DEFAULT_DATA_DIR', 'CONFIG_SECTIONS', 'CardiacDreamerErro
            'DataConfig', 'TrainConfig', 'Config', 'field_docs', 'config_from_dict', 'config_to_dict', 'package_root',
            'shipped_configs', 'find_config', 'load_config', 'atomic_write_text', 'atomic_write_json', 'validate_config',
            'save_config', 'NavigationSettings', 'EvaluationThresholds', 'AblationArms', 'BenchTargets',
-           'with_overrides']
+           'PhantomSettings', 'with_overrides']
 
 # %% ../nbs/01_config.ipynb #fc2645a1
 import dataclasses
@@ -566,6 +566,15 @@ class BenchTargets:
     peak_rss_gib: float = 6.0  # peak resident memory of the training step (GiB), at most
     scale_wall_s: float = 60.0  # index + validate the scale data set: wall seconds, at most
     scale_rss_gib: float = 2.0  # index + validate the scale data set: peak GiB, at most
+
+@dataclass(frozen=True)
+class PhantomSettings:
+    "Size of the built-in phantom data set: the defaults of `phantom.make_phantom` and of `cardiac-dreamer make-phantom` / `demo`."
+    patients: int = 288  # number of phantom patients
+    transitions: int = 12  # transitions per patient
+    sweep: int = 6  # transitions per sweep: the probe is put down afresh after this many (0: one unbroken sweep)
+    seed: int = 0  # data set seed: same arguments -> same bytes
+    image_size: int = 128  # frames are image_size x image_size PNGs
 
 # %% ../nbs/01_config.ipynb #e71466a1
 def with_overrides(settings, # frozen settings with a `_section` name (e.g. `NavigationSettings()`)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .config import PhantomSettings
 from .geometry import POSE_AXES, compose_poses, matrix_to_pose, pose_to_matrix
 
 # %% auto #0
@@ -493,11 +494,11 @@ def _move_into_place(tmp: Path, out: Path, names: list):
 # %% ../nbs/06_phantom.ipynb #7d3e416e
 def make_phantom(
     out_dir, # folder to create (or an existing folder without these patients)
-    patients:int=288, # number of phantom patients (folders phantom_000, phantom_001, ...; two digits below 100 patients)
-    transitions:int=12, # transitions per patient
-    sweep:int=6, # transitions per sweep: the probe is put down afresh after this many (0: one unbroken sweep)
-    seed:int=0, # data set seed: same arguments -> same bytes
-    image_size:int=128, # frames are image_size x image_size PNGs
+    patients:int=PhantomSettings.patients, # number of phantom patients (folders phantom_000, phantom_001, ...; two digits below 100 patients)
+    transitions:int=PhantomSettings.transitions, # transitions per patient
+    sweep:int=PhantomSettings.sweep, # transitions per sweep: the probe is put down afresh after this many (0: one unbroken sweep)
+    seed:int=PhantomSettings.seed, # data set seed: same arguments -> same bytes
+    image_size:int=PhantomSettings.image_size, # frames are image_size x image_size PNGs
     progress:bool=True, # show a tqdm progress bar
 ) -> list:
     "Generate the phantom data set in the seed format; returns the patient folders."
