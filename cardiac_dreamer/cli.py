@@ -22,7 +22,7 @@ from .config import DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, Navigat
 
 # %% auto #0
 __all__ = ['cmd_check_data', 'cmd_make_phantom', 'cmd_train', 'cmd_fit', 'cmd_demo', 'cmd_evaluate', 'cmd_navigate', 'cmd_cv',
-           'cmd_sweep', 'cmd_ablation', 'cmd_bench', 'build_parser', 'main']
+           'cmd_sweep', 'cmd_ablation', 'cmd_bench', 'cmd_import', 'add_import_cli', 'build_parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #f5dbadf4
 def _csv(s:str) -> list[str]:
@@ -393,6 +393,63 @@ def _add_bench_command(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
     return p
 
+# %% ../nbs/19_cli.ipynb #eeb0bb0f
+def _pose6(s:str) -> list[float]:
+    "`x,y,z,roll,pitch,yaw` -> 6 floats (an argparse type)."
+    try: v = [float(x) for x in s.split(",")]
+    except ValueError: v = []
+    if len(v) != 6: raise argparse.ArgumentTypeError(f"expected 6 comma-separated numbers x,y,z,roll,pitch,yaw (mm, deg), got {s!r}")
+    return v
+
+def cmd_import(args) -> int:
+    "Import a recording and its tracker poses as a seed-format patient folder."
+    from cardiac_dreamer.importer import REPORT_NAME, import_recording  # imported here: keeps --help fast
+    rep = import_recording(args.recording, args.poses, args.out, target_frame=args.target_frame, target_pose=args.target_pose,
+                           stride=args.stride, label_convention=args.label_convention, rotation_order=args.rotation_order,
+                           time_tolerance_ms=args.time_tolerance_ms, time_offset_s=args.time_offset_s, fps=args.fps)
+    print(f"Imported {rep['recording']}")
+    print(f"  {rep['frames_written']} of {rep['frames']} frames, {rep['transitions']} transitions (stride {rep['stride']}, "
+          f"{rep['label_convention']} labels, poses matched by {rep['matched_by']})")
+    if rep["dropped"]: print(f"  {len(rep['dropped'])} frames dropped: " + ", ".join(f"{n} {why}" for why, n in rep["dropped_by_reason"].items()))
+    print(f"Patient folder: {args.out} (report: {Path(args.out) / REPORT_NAME})\n"
+          f"Check the data set with: cardiac-dreamer check-data {Path(args.out).resolve().parent}")
+    return 0
+
+# %% ../nbs/19_cli.ipynb #7aa41e1d
+_IMPORT_EXAMPLE = """example:
+  cardiac-dreamer import scans/p07.mp4 --poses scans/p07_poses.csv --target_frame 412 --out data/lab/p07
+
+The pose CSV has a header and one row per frame: a frame column (0-based) or a time column (timestamp_s, timestamp_ms) and
+x,y,z (mm), roll,pitch,yaw (deg); e.g.
+  # rotation_order: ZYX
+  frame,x,y,z,roll,pitch,yaw
+  0,12.1,-3.0,40.2,5.0,-2.5,88.0"""
+
+def add_import_cli(subparsers) -> argparse.ArgumentParser:
+    "Register `cardiac-dreamer import` on the CLI's subparsers."
+    p = subparsers.add_parser("import", help="a recording (frames / video / DICOM) + tracker poses -> a seed-format patient folder",
+                              description="Import a recording and its per-frame probe poses as a patient folder in the seed format "
+                                          "(PNG frames, transitions_dataset.json, import_report.json).",
+                              epilog=_IMPORT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recording", help="folder of PNG/JPEG frames, video file (.mp4 .avi .mov .mkv .m4v) or multi-frame DICOM cine loop")
+    p.add_argument("--poses", required=True, metavar="CSV", help="the tracker's pose CSV: frame or timestamp column, x,y,z (mm), roll,pitch,yaw (deg)")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--target_frame", type=int, metavar="N", help="the frame (0-based) that shows the standard view")
+    t.add_argument("--target_pose", type=_pose6, metavar="X,Y,Z,ROLL,PITCH,YAW",
+                   help="the standard view's probe pose (mm, deg, the CSV's rotation order); write --target_pose=-1,... when it starts with a minus")
+    p.add_argument("--out", required=True, metavar="PATIENT_DIR", help="patient folder to create (must not exist); its parent is the data set folder")
+    p.add_argument("--stride", type=int, default=1, help="pair frame k with frame k + STRIDE (default: %(default)s)")
+    p.add_argument("--label_convention", choices=("additive", "se3"), default="additive",
+                   help="how the labels are computed: target - pose (additive, the phantom's) or T(pose)^-1 T(target) (se3) (default: %(default)s)")
+    p.add_argument("--rotation_order", default=None, metavar="ORDER",
+                   help="the CSV's Euler order: lower case extrinsic, upper case intrinsic (default: the CSV's '# rotation_order:' line, "
+                        "else the project's xyz = ZYX: R = Rz(yaw) Ry(pitch) Rx(roll))")
+    p.add_argument("--time_tolerance_ms", type=float, default=None, help="rows keyed by time: largest frame-to-row gap (default: half the frame interval)")
+    p.add_argument("--time_offset_s", type=float, default=0.0, help="rows keyed by time: seconds added to the CSV's timestamps (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder (it has no timestamps of its own)")
+    p.set_defaults(func=cmd_import)
+    return p
+
 # %% ../nbs/19_cli.ipynb #1a9f8a0c
 def _phantom_args(p:argparse.ArgumentParser, when:str=""):
     "Size options of the phantom, their defaults from `config.PhantomSettings` (the one place they are written; no torch import)."
@@ -421,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     _phantom_args(d, ", if DATA_DIR is empty and a phantom is made")
     _add_evaluation_commands(sub)  # evaluate, cv, sweep, navigate, ablation
     _add_bench_command(sub)
+    add_import_cli(sub)  # import a recording (17b_importer)
     return p
 
 # %% ../nbs/19_cli.ipynb #6fa42f59
