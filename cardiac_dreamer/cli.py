@@ -16,7 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, NavigationSettings, PhantomSettings, with_overrides
+from .config import (DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, NavigationSettings, PhantomSettings, field_docs,
+                                     with_overrides)
 # The workflow modules (train, evaluate, navigate, studies, bench, phantom, data) load torch: each is imported inside the function
 # that needs it ("lazy" below), so that `cardiac-dreamer --help` stays fast.
 
@@ -347,7 +348,8 @@ def _add_evaluation_commands(subparsers, # the `add_subparsers()` object of the 
     s.set_defaults(func=cmd_sweep)
     n = subparsers.add_parser("navigate", help="closed-loop navigation in held-out phantom patients vs mean predictor and oracle")
     _checkpoint_args(n)
-    for k, v in dataclasses.asdict(NavigationSettings()).items(): n.add_argument(f"--{k}", type=type(v), default=None, help=f"(default: {v})")
+    docs = field_docs(NavigationSettings)
+    for k, v in dataclasses.asdict(NavigationSettings()).items(): n.add_argument(f"--{k}", type=type(v), default=None, help=f"{docs[k]} (default: {v})")
     n.add_argument("--set", dest="overrides", action="append", default=[], metavar="navigation.KEY=VALUE",
                    help="set one navigation setting (repeatable), e.g. --set navigation.gain=0.7; an option given by name wins")
     n.set_defaults(func=cmd_navigate)

@@ -247,7 +247,7 @@ class TrainConfig(_Section):
     weight_decay: float = 1e-2  # AdamW weight decay
     scheduler: str = "cosine"  # "cosine", "cosine_warm_restarts", "onecycle", "plateau" or "none"
     warmup_epochs: int = 0  # linear warm-up epochs before the schedule
-    early_stop_patience: int = 20  # epochs without val_loss improvement before stopping
+    early_stop_patience: int = 20  # epochs without val_main_task_loss improvement before stopping
     gradient_clip_val: Optional[float] = 1.0  # gradient norm clip; null = no clipping
     accumulate_grad_batches: int = 1  # gradient accumulation steps
     precision: str = "32"  # "32", "16-mixed" or "bf16-mixed"
@@ -258,7 +258,7 @@ class TrainConfig(_Section):
     limit_train_batches: Union[int, float] = 1.0  # fraction (float) or number (int) of training batches per epoch
     limit_val_batches: Union[int, float] = 1.0  # fraction (float) or number (int) of validation batches per epoch
     log_every_n_steps: int = 10  # logging interval in steps
-    save_top_k: int = 3  # best checkpoints kept (by val_loss); -1 = all
+    save_top_k: int = 3  # best checkpoints kept (by val_main_task_loss); -1 = all
 
 # %% ../nbs/01_config.ipynb #47153c54
 CONFIG_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "training": TrainConfig}  # YAML section -> class
@@ -531,6 +531,7 @@ class NavigationSettings:
     spread: float = 1.0  # start offsets uniform within spread x the training std of at1, per axis
     tol_mm: float = 5.0  # success: final translation distance to the target at most this (mm) ...
     tol_deg: float = 5.0  # ... and final geodesic rotation angle at most this (deg)
+    fusion_window: int = 8  # the `fused` policy: frames whose estimates are carried to the present and fused
 
     @property
     def max_step(self) -> tuple:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import CardiacDreamerError, NavigationSettings, atomic_write_json, atomic_write_text
 from .evaluate import _to_degrees, evaluation_inputs
+from .fusion import SequentialFuser
 from .geometry import POSE_AXES, rotation_distance_deg
 from .model import CardiacDreamer
 from .phantom import action_to_target, load_phantom_patient, render_batch, sample_start_pose
@@ -27,9 +28,10 @@ from .plots import _new_figure, _themed, save_figure
 from .train import resolve_path, run_notebook
 
 # %% auto #0
-__all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'target_errors', 'navigate_batch', 'navigate_episode',
-           'NavigationResult', 'load_navigation_patients', 'summarize_navigation', 'start_poses', 'run_navigation',
-           'plot_navigation', 'plot_navigation_paths', 'write_navigation', 'navigation_inputs', 'navigate_checkpoint']
+__all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'fused_policy', 'target_errors', 'navigate_batch',
+           'navigate_episode', 'NavigationResult', 'load_navigation_patients', 'summarize_navigation', 'start_poses',
+           'run_navigation', 'plot_navigation', 'plot_navigation_paths', 'write_navigation', 'navigation_inputs',
+           'navigate_checkpoint']
 
 # %% ../nbs/14_navigate.ipynb #8824bbdf
 @dataclass
@@ -38,6 +40,7 @@ class Policy:
     name: str  # label in tables and figures
     act: Callable  # (frames uint8 [N,H,W] or None, probe poses [N,6], patient) -> actions [N,6] (mm / deg)
     needs_frames: bool = True  # False: the simulator does not render frames for it (oracle, mean predictor)
+    reset: Callable|None = None  # called at the start of every batch of episodes (stateful policies forget their history)
 
     def __call__(self, frames, poses, patient) -> np.ndarray:
         return np.asarray(self.act(frames, poses, patient), dtype=np.float64).reshape(len(poses), 6)
@@ -63,6 +66,22 @@ def oracle_policy(name:str="oracle", # label of the policy
                  ) -> Policy:
     "The oracle: the true move to the target (`phantom.action_to_target`), from the true probe pose."
     return Policy(name, lambda frames, poses, patient: action_to_target(patient, poses), needs_frames=False)
+
+def fused_policy(model, # a `CardiacDreamer`
+                 window:int=NavigationSettings.fusion_window, # frames fused, the present one included (1 = `model_policy`)
+                 name:str="fused", # label of the policy
+                ) -> Policy:
+    """The model's estimate fused over the last `window` frames (`fusion.SequentialFuser`): each earlier frame's estimate is
+    carried to the present through the probe's own motion since then (the tracker's pose differences: with the phantom's additive
+    labels, at = target - pose, a probe step d changes the label by -d), then the carried estimates are fused (Huber mean)."""
+    single, fuser, last = model_policy(model), SequentialFuser("additive", window), {}
+    def reset(): fuser.reset(); last.clear()
+    def act(frames, poses, patient):
+        est = single(frames, poses, patient)
+        change = None if "poses" not in last else -(poses - last["poses"])  # the motion, never the target: no oracle information
+        last["poses"] = np.array(poses, dtype=np.float64)
+        return fuser.update(est, change)
+    return Policy(name, act, reset=reset)
 
 # %% ../nbs/14_navigate.ipynb #5eca646b
 _NAV = NavigationSettings()  # the defaults below: one place for them (config.NavigationSettings), the step limit included
@@ -95,6 +114,7 @@ def navigate_batch(policy:Policy, # the guidance policy
                   ) -> dict:
     "Run N episodes in lockstep: trajectories [N, max_steps+1, 6], errors per step [N, max_steps+1], success and steps to success [N]."
     poses, lim = np.array(start_poses, dtype=np.float64).reshape(-1, 6), _step_limit(max_step)
+    if policy.reset is not None: policy.reset()
     traj = [poses]
     for _ in range(int(max_steps)):
         frames = render_batch(patient, poses, image_size) if policy.needs_frames else None
@@ -155,9 +175,10 @@ def summarize_navigation(episodes:pd.DataFrame, # `NavigationResult.episodes`
                          "start_rot_err_mean": g.start_rot_err.mean()})
 
 # %% ../nbs/14_navigate.ipynb #579e7892
-def _policies(names:Sequence, model) -> list:
-    "Policy names ('model', 'mean', 'oracle') or `Policy` objects -> policies."
-    make = {"model": lambda: model_policy(model), "mean": lambda: mean_policy(model), "oracle": oracle_policy}
+def _policies(names:Sequence, model, fusion_window:int=_NAV.fusion_window) -> list:
+    "Policy names ('model', 'fused', 'mean', 'oracle') or `Policy` objects -> policies."
+    make = {"model": lambda: model_policy(model), "fused": lambda: fused_policy(model, fusion_window), "mean": lambda: mean_policy(model),
+            "oracle": oracle_policy}
     out = []
     for p in names:
         if isinstance(p, Policy): out.append(p); continue
@@ -223,6 +244,7 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
                    spread:float=_NAV.spread, # start offsets uniform within spread x the training std of at1, per axis
                    tol_mm:float=_NAV.tol_mm, # success tolerance (mm)
                    tol_deg:float=_NAV.tol_deg, # success tolerance (deg)
+                   fusion_window:int=_NAV.fusion_window, # frames fused by the `fused` policy
                    image_size:int|None=None, # rendered frame size (default: the model's image size)
                    progress:bool=False, # tqdm bar over (policy, patient) batches
                   ) -> NavigationResult:
@@ -232,7 +254,7 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
         raise CardiacDreamerError("closed-loop navigation adds the predicted move to the pose (additive labels, as in the phantom); "
                                   "this model was trained with se3 labels")
     if episodes < 1: raise CardiacDreamerError(f"episodes={episodes}: need at least one episode")
-    patients, pols = load_navigation_patients(patient_dirs), _policies(policies, model)
+    patients, pols = load_navigation_patients(patient_dirs), _policies(policies, model, fusion_window)
     offset = spread * _to_degrees(model.at1_std.double().cpu().numpy(), model.angle_unit)
     starts = start_poses(patients, episodes, np.random.default_rng(seed), offset, tol_mm, tol_deg)
     size, eps, steps = int(image_size or model.cfg.image_size), [], []
@@ -245,6 +267,7 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
     episodes_df = pd.DataFrame(eps).sort_values(["policy", "episode"], key=_policy_order(pols), kind="stable").reset_index(drop=True)
     settings = dict(episodes=episodes, seed=seed, policies=[p.name for p in pols], gain=gain, max_step=_step_limit(max_step).tolist(),
                     max_steps=max_steps, spread=spread, start_offset=offset.tolist(), tol_mm=tol_mm, tol_deg=tol_deg, image_size=size,
+                    fusion_window=fusion_window,
                     patients=[p.patient_id for p in patients], targets={p.patient_id: p.target_pose.tolist() for p in patients})
     return NavigationResult(episodes_df, summarize_navigation(episodes_df), pd.DataFrame(steps), settings)
 
