@@ -36,10 +36,12 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .config import BenchTargets, CardiacDreamerError, Config, atomic_write_json, config_from_dict, config_to_dict
-from .data import JSON_NAME, CardiacDataModule, index_dataset, write_seed_patient
+from .data import JSON_NAME, index_dataset, write_seed_patient
+from .datamodule import CardiacDataModule
 from .model import CardiacDreamer, parameter_counts, tune_cpu_allocator
 from .plots import _new_figure, _themed
-from .train import build_system, git_commit, package_versions, resolve_config, resolve_path
+from .train import build_system
+from .runs import git_commit, package_versions, resolve_config, resolve_path
 
 _log = logging.getLogger(__name__)
 

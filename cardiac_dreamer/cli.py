@@ -47,7 +47,8 @@ def _add_run_args(p:argparse.ArgumentParser, default_config:str|None="configs/pr
 # %% ../nbs/19_cli.ipynb #58c1ee02
 def _resolve(args) -> tuple:
     "(config, config source, run_dir_or_None) for a run request; raises CardiacDreamerError on bad input."
-    from cardiac_dreamer.train import check_resume_checkpoint, resolve_config, resolve_path, run_dir_of_checkpoint  # lazy
+    from cardiac_dreamer.train import check_resume_checkpoint  # lazy
+    from cardiac_dreamer.runs import resolve_config, resolve_path, run_dir_of_checkpoint
     run_dir = None
     source = resolve_path(args.config)
     if not args.manual_splits and (args.train_patients or args.val_patients or args.test_patients):
@@ -79,7 +80,7 @@ def _stop_on_sigterm(signum, frame):
 
 def _kernel_pid(run_dir:Path) -> int|None:
     "The process training `run_dir` (the notebook's kernel), from its status.json while it is running there."
-    from cardiac_dreamer.train import read_status  # lazy
+    from cardiac_dreamer.runs import read_status  # lazy
     st = read_status(run_dir)
     pid = st.get("pid")
     return pid if st.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() else None
@@ -112,8 +113,9 @@ def _sigterm_stops():
 # %% ../nbs/19_cli.ipynb #c307c416
 def cmd_check_data(args) -> int:
     "The pre-training checklist."
-    from cardiac_dreamer.data import dataset_statistics, index_dataset, load_subjects, split_patients  # lazy
-    from cardiac_dreamer.train import resolve_config  # lazy
+    from cardiac_dreamer.data import dataset_statistics, index_dataset  # lazy
+    from cardiac_dreamer.splits import load_subjects, split_patients
+    from cardiac_dreamer.runs import resolve_config  # lazy
     cfg = resolve_config(args.config, args.overrides, data_dir=args.data_dir)
     d = cfg.data
     ok = lambda msg: print(f"  [ok] {msg}")
@@ -150,7 +152,7 @@ def cmd_make_phantom(args) -> int:
 # %% ../nbs/19_cli.ipynb #3e175a24
 def _train_parameters(args, cfg, source, run_dir) -> dict:
     "Papermill parameters of `nbs/train.ipynb` for a run request (plain values only)."
-    from cardiac_dreamer.train import resolve_path  # lazy
+    from cardiac_dreamer.runs import resolve_path  # lazy
     stored = isinstance(source, dict)  # a checkpoint's own configuration: passed as the first override
     return dict(config_path="" if stored else str(source or ""), data_dir=cfg.data.data_dir,
                 output_dir=str(resolve_path(args.output_dir) or args.output_dir), run_dir=str(run_dir),
@@ -169,7 +171,8 @@ def _keep_previous_report(run_dir:Path, name:str="train_report"):
 
 def _notebook_stopped(run_dir:Path, signum:int) -> BaseException:
     "After Ctrl-C / SIGTERM: the interruption the kernel recorded in status.json (recorded here if it could not), as a `TrainingInterrupted`."
-    from cardiac_dreamer.train import TrainingInterrupted, read_status, record_stop  # lazy
+    from cardiac_dreamer.train import TrainingInterrupted, record_stop  # lazy
+    from cardiac_dreamer.runs import read_status
     st, name, last = read_status(run_dir), signal.Signals(signum).name, run_dir / "checkpoints" / "last.ckpt"
     if st.get("state") == "interrupted" and not st.get("stale"):
         via = " (Ctrl-C, passed on to the notebook's kernel as SIGTERM)" if signum == signal.SIGINT else ""
@@ -181,7 +184,7 @@ def _notebook_stopped(run_dir:Path, signum:int) -> BaseException:
 
 def cmd_train(args) -> int:
     "Execute the training notebook with papermill into a (new or resumed) run folder."
-    from cardiac_dreamer.train import new_run_dir, run_notebook  # lazy
+    from cardiac_dreamer.runs import new_run_dir, run_notebook  # lazy
     cfg, source, run_dir = _resolve(args)
     _preflight(cfg)
     if run_dir is None: run_dir = new_run_dir(args.output_dir)
@@ -197,7 +200,8 @@ def cmd_train(args) -> int:
 
 def cmd_fit(args) -> int:
     "The training pipeline without a notebook (torchrun / SLURM / DDP)."
-    from cardiac_dreamer.train import fit, is_main_process  # lazy
+    from cardiac_dreamer.train import fit  # lazy
+    from cardiac_dreamer.runs import is_main_process
     cfg, _, run_dir = _resolve(args)
     with _sigterm_stops():
         dm = _preflight(cfg)
@@ -208,7 +212,7 @@ def cmd_fit(args) -> int:
 
 def _shared_run_dir(output_dir) -> Path:
     "One run folder for every process of a distributed job: rank 0 creates it, the others (re-launched by Lightning) inherit it."
-    from cardiac_dreamer.train import is_main_process, new_run_dir  # lazy
+    from cardiac_dreamer.runs import is_main_process, new_run_dir  # lazy
     key = "CARDIAC_DREAMER_RUN_DIR"
     if os.environ.get(key): return Path(os.environ[key])
     job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
@@ -489,7 +493,7 @@ def main(argv:list[str]|None=None) -> int:
     args = build_parser().parse_args(argv)
     try: return args.func(args)
     except CardiacDreamerError as e:
-        from cardiac_dreamer.train import NotebookRunError  # lazy
+        from cardiac_dreamer.runs import NotebookRunError  # lazy
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, NotebookRunError) else 2
     except KeyboardInterrupt as e:

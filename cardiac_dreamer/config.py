@@ -5,11 +5,12 @@
 # %% auto #0
 __all__ = ['CHOICES', 'DEFAULT_DATA_DIR', 'CONFIG_SECTIONS', 'CardiacDreamerError', 'ConfigError', 'ModelConfig', 'LossConfig',
            'DataConfig', 'TrainConfig', 'Config', 'field_docs', 'config_from_dict', 'config_to_dict', 'package_root',
-           'shipped_configs', 'find_config', 'load_config', 'atomic_write_text', 'atomic_write_json', 'validate_config',
-           'save_config', 'NavigationSettings', 'EvaluationThresholds', 'AblationArms', 'BenchTargets',
-           'PhantomSettings', 'with_overrides']
+           'shipped_configs', 'find_config', 'load_config', 'fsync_dir', 'atomic_path', 'atomic_writer',
+           'atomic_write_text', 'atomic_write_json', 'validate_config', 'save_config', 'NavigationSettings',
+           'EvaluationThresholds', 'AblationArms', 'BenchTargets', 'PhantomSettings', 'with_overrides']
 
 # %% ../nbs/01_config.ipynb #fc2645a1
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -469,23 +470,55 @@ def load_config(
     return _build(values, sources)
 
 # %% ../nbs/01_config.ipynb #91b8a5aa
+_UMASK = os.umask(0o022); os.umask(_UMASK)  # the process umask (read once: os.umask can only be read by setting it)
+
+def fsync_dir(d) -> None:
+    "Flush a folder's entries (a rename into it) to disk where the platform allows it."
+    try: fd = os.open(d, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
+@contextlib.contextmanager
+def atomic_path(path,  # the file to (re)place; parent folders are created
+                fsync_dir_after:bool=False,  # also flush the folder entry after the rename (checkpoints)
+               ):
+    """A temporary path beside `path` (same suffix, for writers that take a file name): renamed onto `path` when the block
+    succeeds, removed when it fails, so `path` is either the old file or the complete new one. The one atomic-write helper
+    of the project: `atomic_writer`, `atomic_write_text` / `atomic_write_json`, figures, checkpoints and recordings use it."""
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a normally created file, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if fsync_dir_after: fsync_dir(path.parent)
+
+@contextlib.contextmanager
+def atomic_writer(path,  # the file to (re)place
+                  mode:str="w",  # "w" (text) or "wb" (bytes)
+                  encoding:str="utf-8",  # text mode only
+                  fsync_dir_after:bool=False,  # also flush the folder entry after the rename
+                 ):
+    "An open file whose content replaces `path` (flushed and fsynced) only if the block ends without an error."
+    with atomic_path(path, fsync_dir_after) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush(); os.fsync(f.fileno())
+
 def atomic_write_text(
     path,  # target file; parent folders are created
     text:str,  # content
     encoding:str="utf-8",
 ) -> Path:
     "Write `text` to `path` atomically (temp file in the same folder + `os.replace`)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding=encoding) as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_writer(path, "w", encoding) as f: f.write(text)
+    return Path(path)
 
 # %% ../nbs/01_config.ipynb #542776d0
 def _json_default(o):

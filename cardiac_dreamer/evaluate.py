@@ -22,7 +22,7 @@ from .data import index_dataset, load_image
 from .geometry import POSE_AXES, POSE_UNITS, rotation_distance_deg
 from .model import CardiacDreamer
 from .plots import _new_figure, _themed, save_figure
-from .train import resolve_path, run_dir_of_checkpoint, run_notebook
+from .runs import resolve_path, run_dir_of_checkpoint, run_notebook
 
 # %% auto #0
 __all__ = ['PATHS', 'pose_errors', 'predictions_frame', 'sweep_ids', 'predict_transitions', 'error_stats', 'compute_metrics',

@@ -25,7 +25,7 @@ from .geometry import POSE_AXES, rotation_distance_deg
 from .model import CardiacDreamer
 from .phantom import action_to_target, load_phantom_patient, render_batch, sample_start_pose
 from .plots import _new_figure, _themed, save_figure
-from .train import resolve_path, run_notebook
+from .runs import resolve_path, run_notebook
 
 # %% auto #0
 __all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'fused_policy', 'target_errors', 'navigate_batch',

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,13 +19,14 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .config import atomic_writer
+from .geometry import POSE_AXES, POSE_UNITS
+
 # %% auto #0
 __all__ = ['metric_unit', 'save_figure', 'transitions_table', 'split_membership', 'plot_dataset_statistics', 'read_metrics',
            'epoch_curve', 'summarize_metrics', 'plot_training_summary', 'plot_validation_curves']
 
 # %% ../nbs/10_plots.ipynb #dd4c4857
-_AXES = ("x", "y", "z", "roll", "pitch", "yaw")  # same order as geometry.POSE_AXES
-_UNITS = ("mm", "mm", "mm", "deg", "deg", "deg")
 _SPLIT_COLORS = dict(zip(("train", "val", "test"), sns.color_palette("deep", 3)))
 
 def _themed(f):
@@ -53,7 +53,7 @@ def metric_unit(name: str) -> str:
     "Physical unit of a logged metric: 'mm' / 'deg' for per-axis errors, '' for losses and the rest."
     m = re.search(r"_(x|y|z|roll|pitch|yaw)$", name)
     if m is None or "loss" in name: return ""
-    return _UNITS[_AXES.index(m.group(1))]
+    return POSE_UNITS[POSE_AXES.index(m.group(1))]
 
 # %% ../nbs/10_plots.ipynb #de4e3a23
 def save_figure(fig: Figure, # the figure to write
@@ -62,19 +62,12 @@ def save_figure(fig: Figure, # the figure to write
                ) -> Path:
     "Write `fig` atomically (temporary file in the same folder, then `os.replace`); creates the parent folder."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".{fmt}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh: fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    with atomic_writer(path, "wb") as fh: fig.savefig(fh, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
     return path
 
 # %% ../nbs/10_plots.ipynb #5ee65e06
 def _splits_dict(splits) -> dict[str, list[str]]:
-    "Accept a dict or an object with `to_dict()` (such as `data.Splits`)."
+    "Accept a dict or an object with `to_dict()` (such as `splits.Splits`)."
     if hasattr(splits, "to_dict"): splits = splits.to_dict()
     return {str(k): [str(p) for p in v] for k, v in dict(splits).items()}
 
@@ -90,9 +83,9 @@ def transitions_table(transitions: Iterable, # objects with `patient`, `entry`, 
     for t in transitions:
         row = {"patient": str(t.patient), "entry": int(t.entry), "split": split_of.get(str(t.patient), "none")}
         for prefix, vec in (("at1", t.at1), ("change", t.change)):
-            row.update({f"{prefix}_{a}": float(v) for a, v in zip(_AXES, np.asarray(vec, dtype=float).reshape(6))})
+            row.update({f"{prefix}_{a}": float(v) for a, v in zip(POSE_AXES, np.asarray(vec, dtype=float).reshape(6))})
         rows.append(row)
-    cols = ["patient", "entry", "split"] + [f"{p}_{a}" for p in ("at1", "change") for a in _AXES]
+    cols = ["patient", "entry", "split"] + [f"{p}_{a}" for p in ("at1", "change") for a in POSE_AXES]
     return pd.DataFrame(rows, columns=cols)
 
 # %% ../nbs/10_plots.ipynb #f4438303
@@ -175,7 +168,7 @@ def _plot_distributions(sf, table, prefix, title, order, palette):
     "Six per-axis histograms (density per split) of `{prefix}_{axis}`."
     axs = sf.subplots(1, 6)
     present = [s for s in order if (table["split"] == s).any()]
-    for i, (ax, a, unit) in enumerate(zip(axs, _AXES, _UNITS)):
+    for i, (ax, a, unit) in enumerate(zip(axs, POSE_AXES, POSE_UNITS)):
         if table.empty: _empty(ax, "no transitions")
         else:
             sns.histplot(table, x=f"{prefix}_{a}", hue="split", hue_order=present, palette=palette, stat="density",
@@ -187,7 +180,7 @@ def _plot_distributions(sf, table, prefix, title, order, palette):
 # %% ../nbs/10_plots.ipynb #0e2ed691
 @_themed
 def plot_dataset_statistics(table: pd.DataFrame, # one row per transition, see `transitions_table`
-                            splits: dict[str, list[str]], # split name -> patients (or a `data.Splits`)
+                            splits: dict[str, list[str]], # split name -> patients (or a `splits.Splits`)
                             frames: dict[str, list[tuple[str, np.ndarray]]]|None=None, # split -> [(caption, uint8 HxW)], up to 4 shown
                             figsize=(16, 20),
                            ) -> Figure:
@@ -316,7 +309,7 @@ def _plot_mae(ax, metrics, axes, unit, kind):
     _plot_lines(ax, metrics, specs, f"MAE ({unit})", f"Validation MAE, {kind} ({unit}), {path} path")
 
 _TABLE_METRICS = (["train_total_loss", "val_loss", "train_main_task_loss", "val_main_task_loss", "val_t2_action_loss",
-                   "val_latent_loss"] + [f"val_single_mae_{a}" for a in _AXES] + [f"val_mae_{a}" for a in _AXES])
+                   "val_latent_loss"] + [f"val_single_mae_{a}" for a in POSE_AXES] + [f"val_mae_{a}" for a in POSE_AXES])
 
 def _plot_summary_table(ax, summary):
     "Final and best values of the main metrics as a table."
@@ -346,8 +339,8 @@ def plot_training_summary(metrics: pd.DataFrame, # from `read_metrics`
     comp = [(f"{st}_{c}_loss", f"{st} {c}", dict(color=col, ls=_TRAIN_VAL[st]["ls"]))
             for c, col in (("t2_action", "tab:green"), ("latent", "tab:purple")) for st in ("train", "val")]
     _plot_lines(ax[3], metrics, comp, loss, "Component losses")
-    _plot_mae(ax[4], metrics, _AXES[:3], "mm", "translation")
-    _plot_mae(ax[5], metrics, _AXES[3:], "deg", "rotation")
+    _plot_mae(ax[4], metrics, POSE_AXES[:3], "mm", "translation")
+    _plot_mae(ax[5], metrics, POSE_AXES[3:], "deg", "rotation")
     _plot_summary_table(ax[6], summarize_metrics(metrics))
     return fig
 

@@ -5,7 +5,6 @@
 # %% ../nbs/17a_recordings.ipynb #e47f80d3
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import re
@@ -23,7 +22,7 @@ from PIL import Image
 from pydicom.pixels import iter_pixels
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
-from .config import CardiacDreamerError
+from .config import CardiacDreamerError, atomic_path
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'DICOM_SUFFIXES', 'RecordingError', 'to_gray', 'Recording', 'open_recording',
@@ -225,19 +224,6 @@ def open_recording(
     return rec
 
 # %% ../nbs/17a_recordings.ipynb #bb6d9ebc
-@contextlib.contextmanager
-def _atomic_file(path:Path):
-    "A temporary path beside `path` (same suffix), renamed to `path` when the block succeeds and removed when it fails."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 def _checked_frames(frames:Iterable, path:Path) -> Iterator[np.ndarray]:
     "The frames, each checked: uint8 [H, W] or [H, W, 3], all of the first one's shape."
     shape = None
@@ -279,7 +265,7 @@ def write_video(
     if suffix not in _CONTAINERS and suffix != ".gif":
         raise RecordingError(f"{path}: unknown video type {suffix or '(no extension)'}: use {' '.join(_CONTAINERS)} or .gif")
     if not fps > 0: raise RecordingError(f"{path}: fps must be positive, got {fps}")
-    with _atomic_file(path) as tmp:
+    with atomic_path(path) as tmp:
         if suffix == ".gif":
             ims = [Image.fromarray(f) for f in _checked_frames(frames, path)]
             ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=max(1, round(1000 / fps)), loop=0)
@@ -318,7 +304,7 @@ def write_dicom_cine(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.FrameTime, ds.FrameIncrementPointer = round(float(frame_time_ms), 6), _FRAME_TIME
     ds.CineRate = ds.RecommendedDisplayFrameRate = max(1, round(1000 / frame_time_ms))
-    with _atomic_file(path) as tmp: ds.save_as(tmp, enforce_file_format=True)
+    with atomic_path(path) as tmp: ds.save_as(tmp, enforce_file_format=True)
     return path
 
 # %% ../nbs/17a_recordings.ipynb #aeac3ca7

@@ -22,7 +22,8 @@ from .evaluate import PATHS, _path_colors, compute_metrics, evaluate_run, read_p
 from .geometry import POSE_AXES, POSE_UNITS
 from .navigate import run_navigation, write_navigation
 from .plots import _new_figure, _themed, epoch_curve
-from .train import build_datamodule, csv_metrics, new_run_dir, read_status, resolve_config, resolve_path, run_notebook
+from .train import build_datamodule
+from .runs import csv_metrics, new_run_dir, read_status, resolve_config, resolve_path, run_notebook
 
 log = logging.getLogger(__name__)
 

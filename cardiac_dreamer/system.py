@@ -6,12 +6,8 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
 import random
 import signal
-import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import CardiacDreamerError, LossConfig
+from .config import CardiacDreamerError, LossConfig, atomic_writer
 from .geometry import POSE_AXES
 from .losses import CardiacDreamerLoss
 from .model import CardiacDreamer, model_checkpoint_payload
@@ -172,32 +168,12 @@ class NonFiniteLossGuard(Callback):
         raise NonFiniteLossError(f"non-finite validation loss ({MONITOR}={float(v):.4g}) at epoch {trainer.current_epoch}: {_NAN_HINT}")
 
 # %% ../nbs/09_system.ipynb #84eeeb91
-_UMASK = os.umask(0o022); os.umask(_UMASK)  # the process umask (read once: os.umask can only be read by setting it)
-
-def _fsync_dir(d:Path):
-    "Flush a folder's entries (the rename) to disk where the platform allows it."
-    try: fd = os.open(d, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     "Checkpoints written to a temporary file in the target's folder, flushed, then renamed over the target; loaded with `weights_only=True`."
     def save_checkpoint(self, checkpoint:dict, path, storage_options=None):
         if "://" in str(path): return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
         if storage_options is not None: raise TypeError("AtomicCheckpointIO.save_checkpoint: storage_options are not supported")
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f); f.flush(); os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        with atomic_writer(path, "wb", fsync_dir_after=True) as f: torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -63,7 +63,8 @@ def test_evaluate_other_data_set(tmp_path):
     `--patients all`, which evaluates every patient folder in --data_dir."""
     import torch
     from cardiac_dreamer.config import ModelConfig
-    from cardiac_dreamer.data import NormStats, index_dataset, write_seed_patient
+    from cardiac_dreamer.data import index_dataset, write_seed_patient
+    from cardiac_dreamer.labels import NormStats
     from cardiac_dreamer.evaluate import evaluate_run
     from cardiac_dreamer.model import CardiacDreamer, model_checkpoint_payload
     train, site = tmp_path / "train", tmp_path / "site_b"

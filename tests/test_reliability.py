@@ -28,7 +28,7 @@ LEAN_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same threads in e
 
 def _val_losses(run: Path) -> dict:
     "epoch -> val_main_task_loss over every CSV version of a run."
-    from cardiac_dreamer.train import csv_metrics
+    from cardiac_dreamer.runs import csv_metrics
     m = csv_metrics(run)
     v = m.loc[m["val_main_task_loss"].notna()]
     return {int(e): float(x) for e, x in zip(v["epoch"], v["val_main_task_loss"])}
@@ -117,7 +117,7 @@ def test_sigkill_mid_epoch_leaves_a_resumable_run(interrupted):
 
 
 def test_stale_running_status_reads_interrupted(interrupted, tmp_path):
-    from cardiac_dreamer.train import read_status
+    from cardiac_dreamer.runs import read_status
     d = tmp_path / "run"; d.mkdir()
     (d / "status.json").write_text(json.dumps(interrupted["kill"]["status"]))  # ... but the killed process is gone
     st = read_status(d)
@@ -203,7 +203,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(uninterrupted, tmp_path, monke
 
 
 def test_resume_refuses_a_run_that_is_still_running(uninterrupted, tmp_path, capsys):
-    from cardiac_dreamer.train import write_status
+    from cardiac_dreamer.runs import write_status
     run = _copy_run(uninterrupted, tmp_path)
     write_status(run, "running")  # this (live) process
     rc = _main(["fit", "--resume_from_checkpoint", run / "checkpoints" / "last.ckpt", "--no_progress"])
@@ -214,7 +214,8 @@ def test_resume_refuses_a_run_that_is_still_running(uninterrupted, tmp_path, cap
 # --- atomic writes -----------------------------------------------------------------------------------------------------------
 def test_lightning_writes_checkpoints_through_the_atomic_writer(tiny_phantom, tmp_path):
     from cardiac_dreamer.system import AtomicCheckpointIO
-    from cardiac_dreamer.train import build_trainer, resolve_config
+    from cardiac_dreamer.runs import resolve_config
+    from cardiac_dreamer.train import build_trainer
     cfg = resolve_config(DEBUG_CONFIG, ["training.accelerator=cpu"], data_dir=str(tiny_phantom))
     assert isinstance(build_trainer(cfg, tmp_path, progress=False).strategy.checkpoint_io, AtomicCheckpointIO)
 
@@ -259,7 +260,7 @@ io.save_checkpoint({{"epoch": 2, "w": torch.zeros(100000)}}, {str(target)!r})
 
 def test_status_and_config_writes_are_atomic(tmp_path, monkeypatch):
     from cardiac_dreamer.config import Config, load_config, save_config
-    from cardiac_dreamer.train import read_status, write_status
+    from cardiac_dreamer.runs import read_status, write_status
     write_status(tmp_path, "running")
     save_config(Config(), tmp_path / "config.yaml")
     before = {p: (tmp_path / p).read_bytes() for p in ("status.json", "config.yaml")}
@@ -276,7 +277,7 @@ def test_status_and_config_writes_are_atomic(tmp_path, monkeypatch):
 # --- run folders ---------------------------------------------------------------------------------------------------------------
 def test_runs_started_in_the_same_second_get_different_folders(tmp_path):
     import datetime as dt
-    from cardiac_dreamer.train import new_run_dir
+    from cardiac_dreamer.runs import new_run_dir
     now, got, lock = dt.datetime(2026, 11, 25, 20, 45, 1), [], threading.Lock()
     def start():
         d = new_run_dir(tmp_path, now=now)
@@ -289,7 +290,8 @@ def test_runs_started_in_the_same_second_get_different_folders(tmp_path):
 
 def test_a_new_run_never_reuses_a_run_folder(uninterrupted, tmp_path):
     from cardiac_dreamer.config import CardiacDreamerError
-    from cardiac_dreamer.train import _check_run_folder_free, write_status
+    from cardiac_dreamer.runs import write_status
+    from cardiac_dreamer.train import _check_run_folder_free
     run = _copy_run(uninterrupted, tmp_path)
     with pytest.raises(CardiacDreamerError, match="already holds a finished run"): _check_run_folder_free(run)
     write_status(run, "failed", "boom")
@@ -423,7 +425,7 @@ def _write_checkpoints(run: Path):
     import torch
     from cardiac_dreamer.config import ModelConfig
     from cardiac_dreamer.model import CHECKPOINT_KEY, CardiacDreamer, model_checkpoint_payload
-    from cardiac_dreamer.train import write_status
+    from cardiac_dreamer.runs import write_status
     ck = run / "checkpoints"; ck.mkdir(parents=True)
     model = CardiacDreamer(ModelConfig(backbone="resnet18", image_size=32, d_model=16, num_heads=2, num_layers=1, guidance_hidden=[8]))
     weights = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CHECKPOINT_KEY: model_checkpoint_payload(model)}
@@ -553,7 +555,7 @@ def test_resume_checks_the_checkpoint_safely(tmp_path):
 
 def test_configuration_values_are_data(tmp_path):
     from cardiac_dreamer.config import ConfigError
-    from cardiac_dreamer.train import resolve_config
+    from cardiac_dreamer.runs import resolve_config
     marker = tmp_path / "pwned"
     code = f"__import__('os').system('touch {marker}')"
     assert resolve_config(None, [f"data.data_dir={code}"]).data.data_dir == code  # a string, never evaluated

@@ -13,7 +13,7 @@ AXES = ["x", "y", "z", "roll", "pitch", "yaw"]
 
 
 def _metrics(run: Path) -> pd.DataFrame:
-    from cardiac_dreamer.train import csv_metrics
+    from cardiac_dreamer.runs import csv_metrics
     return csv_metrics(run)
 
 
@@ -81,7 +81,8 @@ def test_resume_continues_same_run(trained_run):
 
 @pytest.mark.parametrize("token_type", ["channel", "spatial"])
 def test_token_types_fit(tiny_phantom, tmp_path, token_type):
-    from cardiac_dreamer.train import fit, resolve_config
+    from cardiac_dreamer.runs import resolve_config
+    from cardiac_dreamer.train import fit
     cfg = resolve_config(DEBUG_CONFIG, [f"model.token_type={token_type}", "training.max_epochs=1", "training.limit_train_batches=2"],
                          data_dir=str(tiny_phantom))
     res = fit(cfg, tmp_path / "run", progress=False)
@@ -91,7 +92,8 @@ def test_token_types_fit(tiny_phantom, tmp_path, token_type):
 
 @pytest.mark.parametrize("scheduler", ["cosine", "cosine_warm_restarts", "onecycle", "plateau"])
 def test_schedulers(tiny_phantom, tmp_path, scheduler):
-    from cardiac_dreamer.train import fit, resolve_config
+    from cardiac_dreamer.runs import resolve_config
+    from cardiac_dreamer.train import fit
     cfg = resolve_config(DEBUG_CONFIG, [f"training.scheduler={scheduler}", "training.max_epochs=3", "training.warmup_epochs=1",
                                         "training.limit_train_batches=2", "training.limit_val_batches=1"], data_dir=str(tiny_phantom))
     fit(cfg, tmp_path / "run", progress=False)

@@ -11,9 +11,9 @@ from conftest import DEBUG_CONFIG
 from cardiac_dreamer.config import config_to_dict, load_config
 from cardiac_dreamer.data import index_dataset
 from cardiac_dreamer.model import CardiacDreamer
-from cardiac_dreamer.train import read_status
-from cardiac_dreamer.widgets import (PANEL_FIELDS, HyperparameterPanel, InferenceExplorer, RunBrowser, find_checkpoints,
-                                     runs_table)
+from cardiac_dreamer.explorer import InferenceExplorer, RunBrowser, find_checkpoints, runs_table
+from cardiac_dreamer.runs import read_status
+from cardiac_dreamer.widgets import PANEL_FIELDS, HyperparameterPanel
 
 PNG = b"\x89PNG"
 ISSUE_FIELDS = ["model.token_type", "model.d_model", "model.num_heads", "model.num_layers", "model.dropout",
@@ -62,7 +62,7 @@ def launched(tiny_phantom, outputs):
 def test_launch_returns_at_once(launched):
     for p in launched.values():
         assert p.job.cmd[1:4] == ["-m", "cardiac_dreamer", "train"]   # the CLI's papermill path
-    _until(lambda: all(p.job.run_dir for p in launched.values()), 120, "the CLI to print 'Run folder:'")
+    _until(lambda: all(p.job.run_dir for p in launched.values()), 120, "the run folders (their status.json)")
     assert launched["finish"].job.run_dir != launched["stop"].job.run_dir
 
 
