@@ -36,7 +36,6 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=["cardiac_dreamer", "cardiac_dreamer.*"]),
     include_package_data=True,
-    package_data={"cardiac_dreamer": ["templates/*.ipynb"]},
     install_requires=requirements,
     extras_require={"dev": dev_requirements},
     python_requires=">=" + min_python,
