@@ -231,9 +231,10 @@ def _embedded_manifest(path:Path, kind:str, stored:str|None) -> dict:
     except (ValueError, KeyError, TypeError) as e: raise CardiacDreamerError(f"{path}: unreadable cardiac-dreamer manifest ({e})") from e
 
 def _ort_session(path:Path, threads:int|None=None) -> ort.InferenceSession:
-    "A CPU ONNX Runtime session with as many threads as torch uses (or `threads`)."
+    "A CPU ONNX Runtime session with as many threads as torch uses (or `threads`), whose idle threads do not spin."
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads or torch.get_num_threads(), 1, 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: no core stolen from decoding, drawing, torch
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 def _open_exported(path:Path, kind:str, threads:int|None=None) -> Predictor:

@@ -24,17 +24,18 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .config import CardiacDreamerError, atomic_write_json, atomic_write_text
-from .export import Predictor, load_predictor
+from .config import CardiacDreamerError, ModelConfig, atomic_write_json, atomic_write_text
+from .export import Predictor, export_model, load_predictor
 from .fusion import DEFAULT_WINDOW, carry_estimate, fuse_sequence
 from .geometry import POSE_AXES, POSE_UNITS, rotation_distance_deg, translation_distance
+from .model import CardiacDreamer
 from .phantom import make_patient, render_batch, sample_start_pose
 from .plots import _new_figure, _themed
 from .recordings import Recording, open_recording, write_video
 
 # %% auto #0
 __all__ = ['MOVE_COLUMNS', 'phantom_sweep', 'target_distances', 'read_motions', 'strided_changes', 'OverlayRenderer',
-           'plot_guidance', 'GuideResult', 'guide_recording']
+           'plot_guidance', 'GuideResult', 'guide_recording', 'bench_guide']
 
 # %% ../nbs/17d_guide.ipynb #2015ad21
 _log = logging.getLogger(__name__)
@@ -416,3 +417,21 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
     finally: shutil.rmtree(tmp, ignore_errors=True)
     _log.info("guided %d frames of %s at %.1f frames/s -> %s", len(table), rec.path, summary["frames_per_s"], out_dir)
     return GuideResult(table, {k: out_dir / p.name for k, p in files.items()}, summary, out_dir)
+
+# %% ../nbs/17d_guide.ipynb #4ceab998
+def bench_guide(model, # a model file, a `CardiacDreamer`, or a `ModelConfig` for a randomly initialised one
+                runtime:str="pytorch", # "pytorch" (predict_action) or "onnx" (the model exported to ONNX Runtime first)
+                n_frames:int=600, # frames of the recording
+                image_size:int=224, # frame side in pixels
+                unique:int=60, # distinct phantom frames rendered (rendering is slow; the sweep is played forth and back)
+               ) -> dict: # frames, seconds, frames_per_s, runtime
+    "End-to-end frames/s of `guide_recording` on an MP4 of a phantom sweep (decoding, inference, overlay MP4 + GIF, report)."
+    if runtime not in ("pytorch", "onnx"): raise CardiacDreamerError(f"runtime: expected 'pytorch' or 'onnx', got {runtime!r}")
+    if isinstance(model, ModelConfig): torch.manual_seed(0); model = CardiacDreamer(model)
+    with tempfile.TemporaryDirectory() as d:
+        f = phantom_sweep(min(unique, n_frames), image_size)["frames"]
+        frames = np.concatenate([f, f[::-1]] * (-(-n_frames // (2 * len(f)))))[:n_frames]
+        rec = write_video(frames, Path(d) / "sweep.mp4", fps=25)
+        if runtime == "onnx": model = export_model(model, "onnx", Path(d) / "model.onnx")
+        s = guide_recording(model, rec, Path(d) / "out", progress=False).summary
+    return dict(runtime=runtime, frames=s["frames_guided"], seconds=s["seconds"], frames_per_s=s["frames_per_s"])
