@@ -23,7 +23,8 @@ from .config import (DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, Naviga
 
 # %% auto #0
 __all__ = ['cmd_check_data', 'cmd_make_phantom', 'cmd_train', 'cmd_fit', 'cmd_demo', 'cmd_evaluate', 'cmd_navigate', 'cmd_cv',
-           'cmd_sweep', 'cmd_ablation', 'cmd_bench', 'cmd_import', 'add_import_cli', 'build_parser', 'main']
+           'cmd_sweep', 'cmd_ablation', 'cmd_bench', 'cmd_import', 'add_import_cli', 'cmd_export', 'cmd_guide',
+           'add_export_guide_cli', 'build_parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #f5dbadf4
 def _csv(s:str) -> list[str]:
@@ -456,6 +457,77 @@ def add_import_cli(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
     return p
 
+# %% ../nbs/19_cli.ipynb #1f5918e5
+_EXPORT_EXAMPLE = """example:
+  cardiac-dreamer export outputs/run_X/checkpoints/best.ckpt --format onnx --out guidance.onnx
+
+Writes guidance.onnx and guidance.onnx.json (input [B,1,S,S] float32 in [0,1], output [B,6] x,y,z mm / roll,pitch,yaw deg,
+normalisation, label convention, versions, git commit, checkpoint SHA-256). The exported file is checked against predict_action."""
+
+def cmd_export(args) -> int:
+    "Export a checkpoint's single-frame guidance model as ONNX or TorchScript with its manifest."
+    from cardiac_dreamer.export import export_model, manifest_path  # imported here: keeps --help fast
+    out = export_model(args.checkpoint, args.format, args.out, opset=args.opset)
+    print(f"Wrote {out} ({args.format}{f', opset {args.opset}' if args.format == 'onnx' else ''}), checked against predict_action")
+    print(f"Manifest: {manifest_path(out)}")
+    return 0
+
+# %% ../nbs/19_cli.ipynb #7e52acda
+_GUIDE_EXAMPLE = """example:
+  cardiac-dreamer guide guidance.onnx scans/p07.mp4 --out outputs/guide_p07 --every 2
+  cardiac-dreamer guide best.ckpt scans/p07.dcm --motions scans/p07_motions.csv --max_trans_mm 3 --max_rot_deg 5
+
+Writes DIR/guidance.csv (frame, time_s, x_mm ... yaw_deg, trans_mm, rot_deg, at_target), overlay.mp4, overlay.gif,
+report.html and summary.json. A motion CSV has one row per frame: x,y,z,roll,pitch,yaw = the action change since the previous
+frame (label convention of the model), or pose_x ... pose_yaw = probe poses (additive models)."""
+
+def cmd_guide(args) -> int:
+    "Run a guidance model over a recording: per-frame CSV, annotated video, HTML report."
+    from cardiac_dreamer.guide import guide_recording  # imported here: keeps --help fast
+    out = args.out or str(Path("outputs") / f"guide_{Path(args.input).stem}")
+    res = guide_recording(args.model, args.input, out, every=args.every, thresholds=(args.max_trans_mm, args.max_rot_deg),
+                          motions=args.motions, window=args.window, batch_size=args.batch_size, fps=args.fps, video=not args.no_video,
+                          gif=not args.no_gif, overwrite=args.overwrite, progress=not args.no_progress)
+    s = res.summary
+    print(f"Guided {s['frames_guided']} of {s['frames_in_recording']} frames at {s['frames_per_s']:.1f} frames/s; "
+          f"at the target on {100 * s['fraction_at_target']:.1f} % of them")
+    for k, p in res.files.items(): print(f"  {k + ':':9}{p}")
+    return 0
+
+# %% ../nbs/19_cli.ipynb #0b18a81b
+def _command(subparsers, name:str, help:str, description:str, example:str, func) -> argparse.ArgumentParser:
+    "A sub-command whose --help ends with a verbatim example."
+    p = subparsers.add_parser(name, help=help, description=description, epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+def add_export_guide_cli(subparsers):
+    "Register `cardiac-dreamer export` and `cardiac-dreamer guide` on the CLI's subparsers."
+    e = _command(subparsers, "export", "a checkpoint's guidance model -> ONNX / TorchScript file + JSON manifest",
+                 "Export the single-frame guidance model of a checkpoint (preprocessing described, normalisation and "
+                 "de-standardisation folded in) as ONNX (dynamic batch) or TorchScript, with a JSON manifest beside it.", _EXPORT_EXAMPLE, cmd_export)
+    e.add_argument("checkpoint", metavar="CKPT", help="a .ckpt written by the trainer (RUN/checkpoints/NAME.ckpt)")
+    e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: %(default)s)")
+    e.add_argument("--out", default=None, metavar="FILE", help="file to write, .onnx or .pt (default: the checkpoint's name with that suffix)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    g = _command(subparsers, "guide", "guidance over a recording: per-frame CSV, annotated MP4/GIF, HTML report",
+                 "Run a guidance model (.ckpt, .onnx or .pt) over a recording (frame folder, video or DICOM cine loop) and write the "
+                 "move to the target on every frame, an annotated video and a report.", _GUIDE_EXAMPLE, cmd_guide)
+    g.add_argument("model", metavar="MODEL", help="a .ckpt written by the trainer, or an .onnx / .pt written by `cardiac-dreamer export`")
+    g.add_argument("input", metavar="INPUT", help="folder of PNG/JPEG frames, video file (.mp4 .avi .mov .mkv .m4v) or multi-frame DICOM")
+    g.add_argument("--motions", default=None, metavar="CSV", help="per-frame action changes (or probe poses): fuse the estimates over time")
+    g.add_argument("--out", default=None, metavar="DIR", help="output folder, must not exist or be empty (default: outputs/guide_<INPUT name>)")
+    g.add_argument("--every", type=int, default=1, metavar="N", help="guide every N-th frame (default: %(default)s)")
+    g.add_argument("--max_trans_mm", type=float, default=5.0, metavar="MM", help="at the target: translation at most this many mm (default: %(default)s)")
+    g.add_argument("--max_rot_deg", type=float, default=5.0, metavar="DEG", help="... and rotation angle at most this many degrees (default: %(default)s)")
+    g.add_argument("--window", type=int, default=8, metavar="N", help="frames fused with --motions, the present one included (default: %(default)s)")
+    g.add_argument("--batch_size", type=int, default=32, help="frames per inference call (default: %(default)s)")
+    g.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder (it has no timestamps of its own)")
+    g.add_argument("--no_video", action="store_true", help="do not write overlay.mp4")
+    g.add_argument("--no_gif", action="store_true", help="do not write overlay.gif")
+    g.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    g.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
 # %% ../nbs/19_cli.ipynb #1a9f8a0c
 def _phantom_args(p:argparse.ArgumentParser, when:str=""):
     "Size options of the phantom, their defaults from `config.PhantomSettings` (the one place they are written; no torch import)."
@@ -485,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_commands(sub)  # evaluate, cv, sweep, navigate, ablation
     _add_bench_command(sub)
     add_import_cli(sub)  # import a recording (17b_importer)
+    add_export_guide_cli(sub)  # export, guide (17c_export, 17d_guide)
     return p
 
 # %% ../nbs/19_cli.ipynb #6fa42f59
