@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from PIL import Image as PILImage
 from .config import CardiacDreamerError, NavigationSettings
 from .data import index_dataset
 from .geometry import POSE_AXES, rotation_distance_deg, translation_distance
+from .guide import OverlayRenderer, target_distances
 from .model import CardiacDreamer
 from .phantom import action_to_target, load_phantom_patient, render
 from .plots import epoch_curve, plot_validation_curves
+from .recordings import open_recording
 from .runs import csv_metrics, read_status, run_dir_of_checkpoint
 from .widgets import _abs, _guarded, epochs_done, figure_png
 
@@ -132,6 +135,13 @@ class InferenceExplorer:
         self.gain = W.FloatSlider(value=gain, min=0.05, max=1.0, step=0.05, description="gain")
         self.nav_button, self.nav_reset = W.Button(description="Navigation step", icon="step-forward"), W.Button(description="Back to frame", icon="undo")
         self.view = W.Image(format="png", layout=W.Layout(display="none", max_width="980px"))
+        self.recording = W.Text(description="recording", placeholder="frame folder, .mp4 / .avi video or DICOM cine loop",
+                                style={"description_width": "90px"}, layout=W.Layout(width="560px"))
+        self.rec_button = W.Button(description="Guide recording", icon="film")
+        self.play = W.Play(min=0, max=0, interval=120, description="play")
+        self.rec_frame = W.IntSlider(description="frame", min=0, max=0, layout=W.Layout(width="420px"))
+        W.link((self.play, "value"), (self.rec_frame, "value"))
+        self.rec = None
         self.info, self.table_html, self.nav_html = W.HTML(), W.HTML(), W.HTML()
         self._build_ui(); self._wire(); self.scan()
 
@@ -142,8 +152,10 @@ class InferenceExplorer:
 def _build_ui(self:InferenceExplorer):
     self.nav_box = W.VBox([W.HTML("<b>Closed-loop navigation</b> (phantom patient: re-rendered at each new probe pose)"),
                            W.HBox([self.nav_button, self.nav_reset, self.gain]), self.nav_html], layout=W.Layout(display="none"))
+    self.rec_box = W.VBox([W.HTML("<b>Guidance over a recording</b> (the overlay of <code>cardiac-dreamer guide</code>, frame by frame)"),
+                           W.HBox([self.recording, self.rec_button]), W.HBox([self.play, self.rec_frame])])
     self.ui = W.VBox([W.HTML("<h3 style='margin:4px 0'>Inference explorer</h3>"), W.HBox([self.checkpoint, self.rescan_button]),
-                      W.HBox([self.patient, self.frame]), self.info, self.view, self.table_html, self.nav_box],
+                      W.HBox([self.patient, self.frame]), self.info, self.view, self.table_html, self.nav_box, self.rec_box],
                      layout=W.Layout(border="1px solid #ccc", padding="6px"))
     self.ui.add_class("cd-inference-explorer")
 
@@ -156,6 +168,8 @@ def _wire(self:InferenceExplorer):
     self.rescan_button.on_click(on(self.scan))
     self.nav_button.on_click(on(self.nav_step))
     self.nav_reset.on_click(on(self.show_frame))
+    self.rec_button.on_click(on(self.load_recording))
+    self.rec_frame.observe(on(self.show_recording_frame), names="value")
 
 @patch
 def _guard(self:InferenceExplorer, f):
@@ -265,6 +279,43 @@ def _show_nav(self:InferenceExplorer):
     h = pd.DataFrame(self.nav_history).set_index("step").rename(columns={"translation_mm": "pose error (mm)", "rotation_deg": "pose error (deg)"})
     self.nav_html.value = ("<small>distance of the probe to the target view after each step</small>"
                            + h.tail(12).to_html(float_format=lambda x: f"{x:.2f}", border=0))
+
+# %% ../nbs/17_explorer.ipynb #cd044d78
+@patch
+def load_recording(self:InferenceExplorer, path=None, # frame folder, video or DICOM cine loop (default: the `recording` box)
+                   every:int=1, # guide every `every`-th frame
+                   max_frames:int=2000, # at most this many frames are kept for playing
+                   batch_size:int=32, # frames per `predict_action` call
+                  ):
+    "Guide a recording with the chosen checkpoint (every frame's move to the target) and play it with the `guide` overlay."
+    if self.model is None: raise CardiacDreamerError("no checkpoint loaded: train a run (or press Rescan runs) first")
+    path = Path(path or self.recording.value).expanduser()
+    rec = open_recording(path)
+    idx = np.arange(0, rec.n_frames, int(every))[:int(max_frames)]
+    frames = [f for _, f in rec.iter_frames(idx.tolist())]
+    moves = np.concatenate([self.model.predict_action(torch.from_numpy(np.stack(frames[i:i + batch_size]))[:, None]).double().cpu().numpy()
+                            for i in range(0, len(frames), batch_size)])
+    if self.model.angle_unit == "rad": moves[:, 3:] = np.degrees(moves[:, 3:])
+    trans, rot = target_distances(moves)
+    nav = NavigationSettings()
+    self.rec = dict(source=rec.source, index=idx, frames=frames, moves=moves, trans=trans, rot=rot,
+                    at_target=(trans <= nav.tol_mm) & (rot <= nav.tol_deg), renderer=OverlayRenderer((nav.tol_mm, nav.tol_deg), rec.size))
+    self.info.value = (f"<code>{html.escape(rec.source)}</code>: {len(idx)} frames guided, at the target (within {nav.tol_mm:g} mm and "
+                       f"{nav.tol_deg:g} deg) in {self.rec['at_target'].mean():.0%} of them")
+    self._quiet = True
+    try: self.play.max = self.rec_frame.max = len(idx) - 1; self.play.value = self.rec_frame.value = 0
+    finally: self._quiet = False
+    self.show_recording_frame()
+
+@patch
+def show_recording_frame(self:InferenceExplorer):
+    "The chosen frame of the loaded recording with the move drawn beside it (arrows per axis, the target indicator)."
+    if self.rec is None: return
+    r, k = self.rec, int(self.rec_frame.value)
+    img = r["renderer"](r["frames"][k], r["moves"][k], bool(r["at_target"][k]), caption=f"frame {int(r['index'][k])}",
+                        distances=(float(r["trans"][k]), float(r["rot"][k])))
+    buf = io.BytesIO(); PILImage.fromarray(img).save(buf, format="png")
+    self.view.value, self.view.layout.display = buf.getvalue(), None
 
 # %% ../nbs/17_explorer.ipynb #e69d40ed
 def find_runs(outputs_dir) -> list:
