@@ -208,11 +208,13 @@ def test_navigate_command(cv_run, tmp_path, capsys):
         assert (out / rel).is_file(), rel
     check_report(out, "navigation_report")
     s = json.loads((out / "navigation_summary.json").read_text())["summary"]
-    assert set(s) == {"model", "mean", "oracle"}
+    assert set(s) == {"model", "fused", "mean", "oracle"}  # the single-frame model, the same model fused over frames, baselines
     assert s["oracle"]["success_rate"] >= 0.95, s["oracle"]
     assert s["mean"]["success_rate"] <= s["oracle"]["success_rate"] - 0.5, s["mean"]
     ep = pd.read_csv(out / "navigation_episodes.csv")
-    assert len(ep) == 30 and (ep.start_trans_err.gt(5) | ep.start_rot_err.gt(5)).all()  # no episode starts at the target
+    assert len(ep) == 40 and (ep.start_trans_err.gt(5) | ep.start_rot_err.gt(5)).all()  # no episode starts at the target
+    first = ep.groupby("policy").start_trans_err.apply(list)
+    assert first["fused"] == first["model"] == first["oracle"]  # every policy plays the same start poses
 
 
 def test_sweep(tiny_phantom, tmp_path_factory, capsys):
