@@ -24,7 +24,8 @@ from .geometry import POSE_AXES, POSE_UNITS
 
 # %% auto #0
 __all__ = ['metric_unit', 'save_figure', 'transitions_table', 'split_membership', 'plot_dataset_statistics', 'read_metrics',
-           'epoch_curve', 'summarize_metrics', 'plot_training_summary', 'plot_validation_curves']
+           'epoch_curve', 'summarize_metrics', 'summary_table', 'format_duration', 'plot_training_summary',
+           'per_patient_errors', 'plot_per_patient_errors', 'plot_validation_curves']
 
 # %% ../nbs/10_plots.ipynb #dd4c4857
 _SPLIT_COLORS = dict(zip(("train", "val", "test"), sns.color_palette("deep", 3)))
@@ -122,26 +123,36 @@ def _plot_split_ratios(ax, table, splits, order):
     ax.set(title="Split ratios (bar labels: counts)", ylabel="fraction of total", ylim=(0, 1.1))
 
 # %% ../nbs/10_plots.ipynb #d5c65b1b
+MAX_PATIENT_BARS = 30  # more patients than this: one bar / heatmap row per patient is unreadable, the panels aggregate
+
 def _plot_patient_counts(ax, table, membership, palette):
-    "Transitions per patient, coloured by split."
+    "Transitions per patient coloured by split; with more than `MAX_PATIENT_BARS` patients, how many patients have how many transitions, per split."
     counts = table.groupby(["patient", "split"]).size().rename("transitions").reset_index()
     order = [p for p in membership.index if p in set(counts.patient)]
     if counts.empty: return _empty(ax, "no transitions")
+    if len(order) > MAX_PATIENT_BARS:
+        hue = [s for s in palette if (counts.split == s).any()]
+        sns.histplot(counts, x="transitions", hue="split", hue_order=hue, palette=palette, multiple="stack",
+                     discrete=counts.transitions.nunique() <= 40, ax=ax)
+        med = counts.groupby("split").transitions.median()
+        ax.set(title=f"Samples per patient, {len(order)} patients\nmedian: " + ", ".join(f"{s} {med[s]:g}" for s in hue),
+               xlabel="transitions per patient", ylabel="patients")
+        return
     sns.barplot(counts, x="patient", y="transitions", hue="split", order=order, hue_order=list(palette),
                 palette=palette, dodge=False, ax=ax)
     ax.tick_params(axis="x", rotation=90, labelsize=8 if len(order) > 20 else 10)
     ax.set(title="Samples (transitions) per patient", xlabel="patient", ylabel="transitions")
 
 def _plot_membership(ax, membership):
-    "Patients x splits heatmap; the title says whether any patient is in several splits."
-    crossing = int((membership.sum(axis=1) > 1).sum())
-    annot = membership.replace({1: "1", 0: ""}).to_numpy() if len(membership) <= 40 else False
+    "Patients x splits heatmap (patient names only up to `MAX_PATIENT_BARS`); the title says whether any patient is in several splits."
+    crossing, many = int((membership.sum(axis=1) > 1).sum()), len(membership) > MAX_PATIENT_BARS
+    annot = membership.replace({1: "1", 0: ""}).to_numpy() if not many else False
     sns.heatmap(membership, ax=ax, cmap=ListedColormap(["#f4f4f4", "#4c72b0"]), vmin=0, vmax=1, cbar=False,
-                linewidths=0.5, linecolor="white", annot=annot, fmt="", annot_kws={"size": 8})
+                linewidths=0 if many else 0.5, linecolor="white", annot=annot, fmt="", annot_kws={"size": 8}, yticklabels=not many)
     ax.tick_params(axis="y", labelsize=8 if len(membership) > 20 else 10, rotation=0)
     msg = "no patient in more than one split" if crossing == 0 else f"WARNING: {crossing} patient(s) in several splits"
     ax.set_title(f"Patient membership\n{msg}", color="black" if crossing == 0 else "tab:red")
-    ax.set(xlabel="split", ylabel="patient")
+    ax.set(xlabel="split", ylabel=f"{len(membership)} patients (names in dataset_stats.json)" if many else "patient")
 
 # %% ../nbs/10_plots.ipynb #f231b458
 def _as_image(img) -> tuple[np.ndarray, dict]:
@@ -308,40 +319,113 @@ def _plot_mae(ax, metrics, axes, unit, kind):
         specs.append((f"val_baseline_mae_{a}", f"{a} baseline", dict(color=color, ls="--", lw=1.2, marker=None)))
     _plot_lines(ax, metrics, specs, f"MAE ({unit})", f"Validation MAE, {kind} ({unit}), {path} path")
 
+
+# %% ../nbs/10_plots.ipynb #209345ee
 _TABLE_METRICS = (["train_total_loss", "val_loss", "train_main_task_loss", "val_main_task_loss", "val_t2_action_loss",
                    "val_latent_loss"] + [f"val_single_mae_{a}" for a in POSE_AXES] + [f"val_mae_{a}" for a in POSE_AXES])
 
-def _plot_summary_table(ax, summary):
-    "Final and best values of the main metrics as a table."
+def summary_table(summary: dict[str, dict], # from `summarize_metrics`
+                  lambda_single_frame: float=0.0, # loss.lambda_single_frame: > 0 adds the single-frame loss rows
+                 ) -> pd.DataFrame:
+    "The main metrics' final and best values (losses in standardised units, MAE in mm / deg), one row per metric."
+    names = list(_TABLE_METRICS)
+    if lambda_single_frame > 0: names[6:6] = ["train_single_frame_loss", "val_single_frame_loss"]
+    rows = [dict(metric=n, unit=metric_unit(n) or "-", final=v["final"], best=v["best"], best_epoch=v["best_epoch"])
+            for n in names if (v := summary.get(n))]
+    return pd.DataFrame(rows, columns=["metric", "unit", "final", "best", "best_epoch"]).set_index("metric")
+
+def format_duration(seconds: float|None) -> str:
+    "`1 h 02 min`, `3 min 05 s` or `12 s` (`-` when unknown)."
+    if seconds is None or seconds != seconds: return "-"
+    m, s = divmod(round(seconds), 60); h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+# %% ../nbs/10_plots.ipynb #ea6e39d2
+def _plot_summary_table(ax, table):
+    "Final and best values of the main metrics (`summary_table`) drawn as a table."
     ax.set_axis_off(); ax.set_title("Final and best values (losses in standardised units)")
-    rows = [[n, metric_unit(n) or "-", f"{v['final']:.4g}", f"{v['best']:.4g}", str(v["best_epoch"])]
-            for n in _TABLE_METRICS if (v := summary.get(n))]
-    if not rows: return _empty(ax, "no metrics logged")
+    if not len(table): return _empty(ax, "no metrics logged")
+    rows = [[n, r.unit, f"{r.final:.4g}", f"{r.best:.4g}", str(r.best_epoch)] for n, r in table.iterrows()]
     t = ax.table(cellText=rows, colLabels=["metric", "unit", "final", "best", "best epoch"], loc="upper center",
                  cellLoc="center", colWidths=[0.3, 0.1, 0.15, 0.15, 0.12])
     t.auto_set_font_size(False); t.set_fontsize(10); t.scale(1, 1.25)
 
-# %% ../nbs/10_plots.ipynb #ea6e39d2
+def _plot_test_mae(ax, test_metrics, axes, unit):
+    "Test-split MAE per axis: the single-frame path against the mean predictor."
+    single = [test_metrics.get(f"test_single_mae_{a}") for a in axes]
+    base = [test_metrics.get(f"test_baseline_mae_{a}") for a in axes]
+    ax.set_title(f"Test MAE ({unit}), best checkpoint", fontsize=11)
+    if all(v is None for v in single): return _empty(ax, "not tested")
+    x, w = np.arange(len(axes)), 0.4
+    for off, vals, label, color in ((-w / 2, single, "single-frame", "tab:blue"), (w / 2, base, "mean predictor", "0.65")):
+        bars = ax.bar(x + off, [np.nan if v is None else v for v in vals], w, label=label, color=color)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    ax.set_xticks(x, list(axes)); ax.set_ylabel(f"MAE ({unit})"); ax.margins(y=0.2)
+    ax.legend(fontsize=8)
+
+# %% ../nbs/10_plots.ipynb #524e7f36
 @_themed
 def plot_training_summary(metrics: pd.DataFrame, # from `read_metrics`
+                          lambda_single_frame: float=0.0, # loss.lambda_single_frame: > 0 adds the single-frame loss curves and rows
+                          test_metrics: dict|None=None, # the run's test metrics (`test_single_mae_x`, …): adds test MAE panels
+                          facts: dict|None=None, # e.g. {"training time": "3 min 05 s", "stopped": "max_epochs=30 reached"}: the title
                           figsize=(16, 15),
                          ) -> Figure:
-    "Loss curves, learning-rate schedule, per-axis validation MAE (mm / deg) and a final/best table."
+    "Loss curves, learning-rate schedule, per-axis validation MAE (mm / deg), a final/best table, and the test MAE against the mean predictor."
     fig = _new_figure(figsize)
     gs = fig.add_gridspec(3, 3, height_ratios=[4, 4, 5])
-    ax = [fig.add_subplot(gs[i, j]) for i in range(2) for j in range(3)] + [fig.add_subplot(gs[2, :])]
+    ax = [fig.add_subplot(gs[i, j]) for i in range(2) for j in range(3)] + [fig.add_subplot(gs[2, :2] if test_metrics else gs[2, :])]
     loss = "loss (standardised)"
     tv = lambda name: [(f"{st}_{name}", st, _TRAIN_VAL[st]) for st in ("train", "val")]
     _plot_lines(ax[0], metrics, [("train_total_loss", "train", _TRAIN_VAL["train"]), ("val_loss", "val", _TRAIN_VAL["val"])],
                 loss, "Total loss")
     _plot_lines(ax[1], metrics, tv("main_task_loss"), loss, "Main task loss (at1 via the world model)")
     _plot_lr(ax[2], metrics)
-    comp = [(f"{st}_{c}_loss", f"{st} {c}", dict(color=col, ls=_TRAIN_VAL[st]["ls"]))
-            for c, col in (("t2_action", "tab:green"), ("latent", "tab:purple")) for st in ("train", "val")]
+    parts = [("t2_action", "t2_action", "tab:green"), ("latent", "latent", "tab:purple")]
+    if lambda_single_frame > 0: parts.append(("single_frame", f"single-frame (λ={lambda_single_frame:g})", "tab:red"))
+    comp = [(f"{st}_{c}_loss", f"{st} {label}", dict(color=col, ls=_TRAIN_VAL[st]["ls"])) for c, label, col in parts for st in ("train", "val")]
     _plot_lines(ax[3], metrics, comp, loss, "Component losses")
     _plot_mae(ax[4], metrics, POSE_AXES[:3], "mm", "translation")
     _plot_mae(ax[5], metrics, POSE_AXES[3:], "deg", "rotation")
-    _plot_summary_table(ax[6], summarize_metrics(metrics))
+    _plot_summary_table(ax[6], summary_table(summarize_metrics(metrics), lambda_single_frame))
+    if test_metrics:
+        t_mm, t_deg = gs[2, 2].subgridspec(2, 1).subplots()
+        _plot_test_mae(t_mm, test_metrics, POSE_AXES[:3], "mm"); _plot_test_mae(t_deg, test_metrics, POSE_AXES[3:], "deg")
+    if facts: fig.suptitle("   ·   ".join(f"{k}: {v}" for k, v in facts.items()), fontsize=13)
+    return fig
+
+# %% ../nbs/10_plots.ipynb #52d4d742
+def per_patient_errors(table: pd.DataFrame, # `evaluate.per_patient_table`: rows patients, columns (quantity, path) and ("frames", "")
+                       path: str="single", # the prediction path reported
+                      ) -> pd.DataFrame:
+    "One row per patient, worst translation error first: frames, per-axis MAE (mm / deg), translation and rotation error, the mean predictor's."
+    col = lambda q, p: table[(q, p)] if (q, p) in table else pd.Series(np.nan, index=table.index)
+    out = pd.DataFrame({"frames": table[("frames", "")]}, index=table.index)
+    for a, u in zip(POSE_AXES, POSE_UNITS): out[f"{a} ({u})"] = col(a, path)
+    out["translation (mm)"], out["rotation (deg)"] = col("translation_mm", path), col("rotation_geodesic_deg", path)
+    out["mean predictor translation (mm)"] = col("translation_mm", "baseline")
+    out["mean predictor rotation (deg)"] = col("rotation_geodesic_deg", "baseline")
+    return out.sort_values(["translation (mm)", "rotation (deg)"], ascending=False, kind="stable")
+
+@_themed
+def plot_per_patient_errors(table: pd.DataFrame, # from `per_patient_errors`
+                            max_patients: int=30, # the worst this many are drawn
+                            title: str="Validation error per patient",
+                           ) -> Figure:
+    "Translation (mm) and rotation (deg) error per patient as horizontal bars, worst on top; ticks: the mean predictor."
+    shown = table.head(max_patients)
+    fig = _new_figure((12, 1.6 + 0.26 * max(len(shown), 1)))
+    axs = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(shown))
+    for ax, q, color in zip(axs, ("translation (mm)", "rotation (deg)"), ("tab:blue", "tab:orange")):
+        ax.barh(y, shown[q].to_numpy(dtype=float), color=color, label="model")
+        if f"mean predictor {q}" in shown:
+            ax.scatter(shown[f"mean predictor {q}"].to_numpy(dtype=float), y, marker="|", s=160, color="0.2", label="mean predictor", zorder=3)
+        ax.set(xlabel=f"mean {q} error per frame")
+    axs[0].set_yticks(y, [str(p) for p in shown.index], fontsize=8 if len(shown) > 15 else 10); axs[0].invert_yaxis()
+    fig.legend(*axs[0].get_legend_handles_labels(), loc="outside upper right", ncols=2, fontsize=9)
+    n = len(table)
+    fig.suptitle(title + (f" (worst {len(shown)} of {n})" if n > len(shown) else f" ({n} patient{'s' if n != 1 else ''})"))
     return fig
 
 # %% ../nbs/10_plots.ipynb #b57f306f

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Mapping
@@ -28,9 +31,11 @@ from .datamodule import CardiacDataModule
 from .plots import plot_dataset_statistics, read_metrics, save_figure, transitions_table
 
 # %% auto #0
-__all__ = ['RUN_STATES', 'workbook_root', 'resolve_path', 'new_run_dir', 'write_status', 'read_status', 'package_versions',
-           'git_commit', 'environment_info', 'resolve_config', 'is_main_process', 'record_dataset', 'record_experiment',
-           'run_dir_of_checkpoint', 'csv_metrics', 'NotebookRunError', 'workflow_notebook', 'to_html', 'run_notebook']
+__all__ = ['RUN_STATES', 'REPORT_ENV', 'LIGHTNING_CHATTER', 'LIBRARY_WARNINGS', 'workbook_root', 'resolve_path', 'new_run_dir',
+           'write_status', 'read_status', 'package_versions', 'git_commit', 'environment_info', 'resolve_config',
+           'is_main_process', 'record_dataset', 'record_experiment', 'run_dir_of_checkpoint', 'csv_metrics',
+           'NotebookRunError', 'workflow_notebook', 'to_html', 'in_report', 'report_kernel_arguments', 'run_notebook',
+           'quiet_chatter', 'stop_reason']
 
 # %% ../nbs/11_runs.ipynb #a0b3a33a
 def workbook_root() -> Path:
@@ -203,12 +208,33 @@ def workflow_notebook(name:str) -> Path:
     if not p.is_file(): raise CardiacDreamerError(f"{p}: workflow notebook not found (set CARDIAC_DREAMER_NBS to the workbook's nbs/ folder)")
     return p
 
-def to_html(ipynb:str|Path) -> Path:
-    "Render an executed notebook to HTML beside it (figures embedded), written atomically."
+def to_html(ipynb:str|Path, # an executed notebook
+            show_input:bool=False, # keep the code cells in the HTML (the .ipynb always keeps them)
+           ) -> Path:
+    "Render an executed notebook to HTML beside it: figures embedded, code cells and prompts hidden, text progress bars at their final state."
     import nbconvert, nbformat  # here, not at the top: a second of imports that only report rendering needs (CLI start-up stays fast)
-    ipynb = Path(ipynb)
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+    from traitlets.config import Config as _TraitletsConfig
+    ipynb, hide = Path(ipynb), not show_input
+    c = _TraitletsConfig({"TemplateExporter": dict(exclude_input=hide, exclude_input_prompt=hide, exclude_output_prompt=hide),
+                          "CoalesceStreamsPreprocessor": dict(enabled=True)})  # merged streams: a text bar's carriage returns resolve
+    body, _ = nbconvert.HTMLExporter(config=c).from_notebook_node(nbformat.read(ipynb, as_version=4))
     return atomic_write_text(ipynb.with_suffix(".html"), body)
+
+# Run in the report's kernel before any cell: `tqdm.auto` (Lightning's progress bar, the phantom and evaluation bars) picks the
+# ipywidgets bar in a kernel, which a saved notebook or its HTML cannot show without JavaScript; plain text bars can.
+_TEXT_PROGRESS = "import tqdm.auto, tqdm.std; tqdm.auto.tqdm, tqdm.auto.trange = tqdm.std.tqdm, tqdm.std.trange"
+
+REPORT_ENV = "CARDIAC_DREAMER_REPORT"  # "1" in the kernel of a report that `run_notebook` executes
+
+def in_report() -> bool:
+    "Whether this process is the kernel of a report executed by `run_notebook` (text progress bars: see `system.TextProgressBar`)."
+    return os.environ.get(REPORT_ENV) == "1"
+
+def report_kernel_arguments(text_progress:bool=True) -> list[str]:
+    """Arguments for the kernel that runs a report: its own log (the start-up notice 'Kernel is running over TCP without
+    encryption' and the shutdown's 'KeyboardInterrupt caught in kernel', both written to the terminal) only when critical, and plain
+    text progress bars. The notebook's own output and errors are unaffected."""
+    return ["--IPKernelApp.log_level=CRITICAL"] + ([f"--IPKernelApp.exec_lines={_TEXT_PROGRESS}"] if text_progress else [])
 
 def _report_of(out:Path) -> str:
     "`  report: HTML` for a partly executed notebook, or '' when it cannot be rendered."
@@ -222,20 +248,62 @@ def run_notebook(template:str|Path,            # workflow notebook name ("train"
                  progress:bool=True,           # papermill's cell progress bar
                  timeout:int|None=None,        # per-cell timeout in seconds
                 ) -> Path:
-    "Execute a workflow notebook with papermill into `out_dir`, render HTML; return the HTML path."
+    "Execute a workflow notebook with papermill into `out_dir` (text progress bars, a quiet kernel), render HTML; return the HTML path."
     import papermill as pm  # here, not at the top: papermill and nbclient are slow to import and only notebook runs need them
     from nbclient.exceptions import DeadKernelError
     src = Path(template) if str(template).endswith(".ipynb") else workflow_notebook(template)
     out = Path(out_dir) / f"{report_name}.ipynb"
-    env_backend = os.environ.get("MPLBACKEND"); os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", REPORT_ENV: "1"}  # the kernel inherits them
+    saved = {k: os.environ.get(k) for k in env}; os.environ.update(env)
     try:
         pm.execute_notebook(str(src), str(out), parameters=parameters or {}, kernel_name="python3", progress_bar=progress,
-                            cwd=str(Path.cwd()), execution_timeout=timeout)
+                            cwd=str(Path.cwd()), execution_timeout=timeout, extra_arguments=report_kernel_arguments())
     except pm.PapermillExecutionError as e:
         raise NotebookRunError(f"{src.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}{_report_of(out)}") from None
     except DeadKernelError:
         raise NotebookRunError(f"{src.name}: its kernel died while running it (killed, or out of memory?){_report_of(out)}") from None
     finally:
-        if env_backend is None: os.environ.pop("MPLBACKEND", None)
-        else: os.environ["MPLBACKEND"] = env_backend
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     return to_html(out)
+
+# %% ../nbs/11_runs.ipynb #f80ae018
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero")
+_RANK_ZERO_CHATTER = (r"(GPU|TPU|HPU) available: ", r"💡 Tip: .*litlogger", r"`Trainer\(limit_\w+_batches=\S+\)` was configured",
+                      r"`Trainer\.fit` stopped: ", r"(Restoring states|Restored all states|Loaded model weights) from the checkpoint")
+LIGHTNING_CHATTER = {**{name: _RANK_ZERO_CHATTER for name in _RANK_ZERO_LOGGERS},
+                     "lightning.pytorch.trainer.connectors.checkpoint_connector": (r"`weights_only` was not set, defaulting to",),
+                     "lightning.pytorch.accelerators.cuda": (r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: ",)}
+LIBRARY_WARNINGS = ((r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),)
+
+class _DropMessages(logging.Filter):
+    "Drop log records whose message starts with one of `patterns` (regular expressions)."
+    def __init__(self, patterns): super().__init__(); self.pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
+    def filter(self, record): return not self.pattern.match(record.getMessage())
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    "Show a warning as `Category: message`, without the path and source line."
+    try: (file or sys.stderr).write(f"{category.__name__}: {message}\n")
+    except (OSError, ValueError): pass  # the stream is closed: there is nowhere to show it
+
+def quiet_chatter(one_line_warnings:bool=True, # show other warnings as `Category: message` (reports); False keeps Python's format
+                 ):
+    "Drop the messages in `LIGHTNING_CHATTER` (logger -> message patterns) and the warnings in `LIBRARY_WARNINGS` from this process's output."
+    for name, patterns in LIGHTNING_CHATTER.items():
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in lg.filters): lg.addFilter(_DropMessages(patterns))
+    for message, category, module in LIBRARY_WARNINGS: warnings.filterwarnings("ignore", message, category, module)
+    if one_line_warnings: warnings.showwarning = _one_line_warning
+
+# %% ../nbs/11_runs.ipynb #f1493483
+def stop_reason(trainer, # a Lightning `Trainer` after `fit`
+               ) -> str:
+    "Why `trainer.fit` ended: interrupted, early stopping (with the epoch and monitored metric), or the epoch/step limit reached."
+    if getattr(trainer, "interrupted", False): return "interrupted"
+    es = getattr(trainer, "early_stopping_callback", None)
+    if es is not None and getattr(es, "stopped_epoch", 0) > 0:
+        return f"early stopping at epoch {es.stopped_epoch} ({es.monitor} not better for {es.patience} epochs)"
+    if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs: return f"max_epochs={trainer.max_epochs} reached"
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps: return f"max_steps={trainer.max_steps} reached"
+    return "stopped by a callback"

@@ -14,7 +14,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -26,8 +27,9 @@ from .model import CardiacDreamer, model_checkpoint_payload
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MONITOR', 'SCHEDULERS', 'metric_names', 'CardiacDreamerSystem', 'NonFiniteLossError', 'NonFiniteLossGuard',
-           'AtomicCheckpointIO', 'epoch_seed', 'EpochSeeding', 'InterruptCheckpoint', 'standard_callbacks']
+__all__ = ['MONITOR', 'LR_METRIC', 'SCHEDULERS', 'metric_names', 'CardiacDreamerSystem', 'NonFiniteLossError',
+           'NonFiniteLossGuard', 'AtomicCheckpointIO', 'epoch_seed', 'EpochSeeding', 'InterruptCheckpoint',
+           'standard_callbacks', 'TextProgressBar']
 
 # %% ../nbs/09_system.ipynb #1fd842e9
 MONITOR = "val_main_task_loss"  # the metric checkpoints and early stopping follow
@@ -97,8 +99,13 @@ def _predict_step(self:CardiacDreamerSystem, batch, batch_idx):
     "Single-frame guidance for `trainer.predict`: `[B,6]` in mm/degrees."
     return self.model.predict_action(batch["image_t1"] if isinstance(batch, dict) else batch)
 
-def _on_train_batch_start(self:CardiacDreamerSystem, batch, batch_idx):
-    self.log("learning_rate", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
+LR_METRIC = "learning_rate"  # the name the guide, TensorBoard and the plots use (every scheduler config is named so)
+
+def _configure_callbacks(self:CardiacDreamerSystem):
+    "Lightning's `LearningRateMonitor` logs `learning_rate` at every logging step while fitting (with a logger to log to; added once)."
+    tr = self.trainer
+    if tr.state.fn != TrainerFn.FITTING or not tr.loggers or any(isinstance(c, LearningRateMonitor) for c in tr.callbacks): return []
+    return [LearningRateMonitor(logging_interval="step")]
 
 def _optimizer_zero_grad(self:CardiacDreamerSystem, epoch, batch_idx, optimizer):
     "Zero the gradients in place (`set_to_none=False`): the same gradients, but backward reuses their memory instead of allocating anew."
@@ -109,7 +116,7 @@ def _on_save_checkpoint(self:CardiacDreamerSystem, checkpoint:dict):
     checkpoint["cardiac_dreamer"] = model_checkpoint_payload(self.model, self.full_config)
 
 CardiacDreamerSystem.predict_step = _predict_step
-CardiacDreamerSystem.on_train_batch_start = _on_train_batch_start
+CardiacDreamerSystem.configure_callbacks = _configure_callbacks
 CardiacDreamerSystem.on_save_checkpoint = _on_save_checkpoint
 CardiacDreamerSystem.optimizer_zero_grad = _optimizer_zero_grad
 
@@ -134,14 +141,15 @@ def _configure_optimizers(self:CardiacDreamerSystem):
     if hp.scheduler == "onecycle":
         total = int(self.trainer.estimated_stepping_batches)
         pct = min(0.5, max(0.05, hp.warmup_epochs / max(1, hp.max_epochs)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": S.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(2, total), pct_start=pct), "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": S.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(2, total), pct_start=pct), "interval": "step",
+                                                  "name": LR_METRIC}}
     main = _epoch_schedule(opt, hp.scheduler, hp.max_epochs - hp.warmup_epochs, hp.early_stop_patience)
     scheds = []
     if hp.warmup_epochs > 0:
         warm = S.LinearLR(opt, start_factor=0.01, total_iters=hp.warmup_epochs)
-        if hp.scheduler == "plateau": scheds.append({"scheduler": warm, "interval": "epoch"})  # chained: plateau acts after warm-up
+        if hp.scheduler == "plateau": scheds.append({"scheduler": warm, "interval": "epoch", "name": LR_METRIC})  # chained: plateau acts after warm-up
         else: main = S.SequentialLR(opt, [warm, main], milestones=[hp.warmup_epochs])
-    scheds.append({"scheduler": main, "interval": "epoch", "monitor": MONITOR, "strict": False})
+    scheds.append({"scheduler": main, "interval": "epoch", "monitor": MONITOR, "strict": False, "name": LR_METRIC})
     return [opt], scheds
 
 CardiacDreamerSystem.configure_optimizers = _configure_optimizers
@@ -244,3 +252,10 @@ def standard_callbacks(checkpoint_dir,               # where top-k, last and int
     last = ModelCheckpoint(dirpath=str(checkpoint_dir), filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     stop = EarlyStopping(monitor=MONITOR, mode="min", patience=early_stop_patience, check_finite=True)
     return [best, last, stop, NonFiniteLossGuard(), InterruptCheckpoint(checkpoint_dir)] + ([EpochSeeding(seed)] if seed is not None else [])
+
+# %% ../nbs/09_system.ipynb #725f840b
+class TextProgressBar(TQDMProgressBar):
+    "Lightning's progress bar without the validation bar nested under the training bar (for text logs and saved reports)."
+    def init_validation_tqdm(self) -> Tqdm:
+        if self.trainer.state.fn != TrainerFn.FITTING: return super().init_validation_tqdm()  # `validate` alone: its own bar
+        return Tqdm(disable=True)

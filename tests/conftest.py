@@ -36,3 +36,17 @@ def cli(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
     e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "cardiac_dreamer", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_phantom, tmp_path_factory) -> Path:
+    """One `cardiac-dreamer train --config configs/debug.yaml` run on the tiny phantom, shared by the training and report tests
+    (the CLI's stdout / stderr are kept beside the run folder as cli_stdout.txt / cli_stderr.txt)."""
+    out = tmp_path_factory.mktemp("outputs")
+    r = cli("train", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--output_dir", out, "--no_progress")
+    (out / "cli_stdout.txt").write_text(r.stdout); (out / "cli_stderr.txt").write_text(r.stderr)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = sorted(out.glob("run_*"))
+    assert len(runs) == 1, runs
+    assert "Report:" in r.stdout and "train_report.html" in r.stdout
+    return runs[0]

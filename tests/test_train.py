@@ -17,17 +17,6 @@ def _metrics(run: Path) -> pd.DataFrame:
     return csv_metrics(run)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_phantom, tmp_path_factory):
-    out = tmp_path_factory.mktemp("outputs")
-    r = cli("train", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--output_dir", out, "--no_progress")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    runs = sorted(out.glob("run_*"))
-    assert len(runs) == 1, runs
-    assert "Report:" in r.stdout and "train_report.html" in r.stdout
-    return runs[0]
-
-
 def test_run_folder_layout(trained_run):
     run = trained_run
     for rel in ["experiment_config.json", "dataset_stats.json", "final_model.ckpt", "checkpoints/last.ckpt", "config.yaml",
