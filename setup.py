@@ -20,6 +20,7 @@ lic = licenses[cfg["license"]]
 
 requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
+studies_requirements = cfg.get("studies_requirements", "").split()
 console_scripts = cfg.get("console_scripts", "").split()
 
 setuptools.setup(
@@ -37,7 +38,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["cardiac_dreamer", "cardiac_dreamer.*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements, "studies": studies_requirements},
     python_requires=">=" + min_python,
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

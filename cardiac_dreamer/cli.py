@@ -23,8 +23,8 @@ from .config import (DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, Naviga
 
 # %% auto #0
 __all__ = ['cmd_check_data', 'cmd_make_phantom', 'cmd_train', 'cmd_fit', 'cmd_demo', 'cmd_evaluate', 'cmd_navigate', 'cmd_cv',
-           'cmd_sweep', 'cmd_ablation', 'cmd_bench', 'cmd_import', 'add_import_cli', 'cmd_export', 'cmd_guide',
-           'add_export_guide_cli', 'build_parser', 'main']
+           'cmd_sweep', 'cmd_ablation', 'cmd_tune', 'cmd_bench', 'cmd_import', 'add_import_cli', 'cmd_export',
+           'cmd_guide', 'add_export_guide_cli', 'build_parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #f5dbadf4
 def _csv(s:str) -> list[str]:
@@ -364,6 +364,90 @@ def _add_evaluation_commands(subparsers, # the `add_subparsers()` object of the 
     a.add_argument("--arms", type=_csv, default=[], help=f"comma-separated subset of {','.join(AblationArms().names)} (default: all)")
     a.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per run (default 50)"); a.set_defaults(func=cmd_ablation)
 
+# %% ../nbs/19_cli.ipynb #08018cb3
+_EXECUTOR_EXAMPLES = """where trials run:
+  cardiac-dreamer {cmd} ... --executor ray --cpus_per_trial 2           # side by side on this machine (a local Ray cluster)
+  cardiac-dreamer {cmd} ... --executor ray --ray_address auto --gpus_per_trial 1   # on a running Ray cluster
+  Repeating the command on its folder ({folder}) skips finished trials and runs failed or interrupted ones again."""
+
+def _add_executor_args(p:argparse.ArgumentParser):
+    "The executor options of a study command (cv, sweep, ablation, tune)."
+    g = p.add_argument_group("where trials run")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one trial after another in this process; ray: each trial a Ray task, side by side (default: %(default)s)")
+    g.add_argument("--cpus_per_trial", type=float, default=1, help="CPUs each trial reserves with --executor ray (default: %(default)s)")
+    g.add_argument("--gpus_per_trial", type=float, default=0,
+                   help="GPUs each trial reserves with --executor ray; 0.5 puts two trials on one GPU (default: %(default)s)")
+    g.add_argument("--ray_address", default=None, metavar="ADDRESS",
+                   help="join this running Ray cluster (auto, HOST:6379, ray://HOST:10001) instead of starting one on this machine")
+
+def _on_executor(cmd):
+    "A study command that runs its trials on the executor its options name."
+    def run(args) -> int:
+        from cardiac_dreamer.studies import make_executor, use_executor  # lazy: keeps --help fast
+        with use_executor(make_executor(args.executor, args.cpus_per_trial, args.gpus_per_trial, args.ray_address)): return cmd(args)
+    run.__name__, run.__doc__, run.command = cmd.__name__, cmd.__doc__, cmd
+    return run
+
+def cmd_tune(args) -> int:
+    "`cardiac-dreamer tune`: Optuna search over a search-space file, trials on the executor, then the report."
+    try: from cardiac_dreamer.tune import run_tune  # lazy: keeps --help fast (and Optuna is an optional extra)
+    except ImportError as e: raise CardiacDreamerError(f"tune needs Optuna ({e}): pip install 'cardiac-dreamer[studies]'") from None
+    _log_to_stderr()
+    folder = run_tune(args.config, args.space, args.trials, args.data_dir, args.overrides, args.output_dir, args.study_name, args.storage,
+                      args.seed, args.pruner, progress=not args.no_progress, report=not args.no_report)
+    s = json.loads((folder / "tune_summary.json").read_text())
+    keys = list(s["request"]["space"])
+    rows = [[str(r[k]) if r[k] is not None else "-" for k in ["trial", "state", "value", "epochs", *keys]] for r in s["trials"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(["trial", "state", "value", "epochs", *keys])]
+    for r in [["trial", "state", "value", "epochs", *keys]] + rows: print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"Best: trial_{s['best']['trial']:04d} (val_main_task_loss {s['best']['value']:.4g}): {s['best']['set_line']}")
+    print(f"Best configuration: {folder / 'best_config.yaml'}")
+    if not args.no_report: print(f"Report: {folder / 'tune_report.html'}")
+    return 0
+
+_TUNE_EXAMPLE = """example:
+  cardiac-dreamer tune --config configs/demo.yaml --space space.yaml --trials 20 --executor ray --cpus_per_trial 2
+
+space.yaml maps configuration keys to distributions:
+  training.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+  model.num_layers: {type: int, low: 1, high: 3}
+  model.token_type: {type: categorical, choices: [channel, spatial]}
+The search lives in outputs/tune_STUDY_NAME/ (Optuna storage optuna.db): the same command again continues it, and with a larger
+--trials adds the missing trials. Several machines can share one search through an RDB URL (--storage postgresql://...)."""
+
+def _add_study_commands(subparsers) -> None:
+    "Executor options for `cv`, `sweep` and `ablation` (registered by `_add_evaluation_commands`, called first) and the `tune` command."
+    folders = dict(cv="--cv_dir", sweep="--sweep_dir", ablation="--ablation_dir")
+    for name, folder in folders.items():
+        p = subparsers.choices[name]
+        _add_executor_args(p)
+        p.set_defaults(func=_on_executor(p.get_default("func")))
+        p.epilog = (f"{p.epilog}\n\n" if p.epilog else "") + _EXECUTOR_EXAMPLES.format(cmd=name, folder=folder)
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+    t = subparsers.add_parser("tune", help="Optuna hyperparameter search (TPE, pruning) over a search-space file, resumable",
+                              description="Search hyperparameters with Optuna: a seeded TPE sampler over a search-space YAML, bad trials "
+                                          "pruned from their validation loss each epoch, the search kept in an Optuna storage, then the report "
+                                          "(optimisation history, parameter importances, best configuration).",
+                              epilog=_TUNE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", required=True, help="base YAML configuration every trial starts from")
+    t.add_argument("--space", required=True, metavar="SPACE.yaml", help="search space: section.key: {type: float|int|categorical, low, high, log, choices}")
+    t.add_argument("--trials", type=int, default=20, help="trials the search should have in the end, finished or pruned (default: %(default)s)")
+    t.add_argument("--data_dir", default=None, help="data set folder (default: the config's data.data_dir)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one configuration value for every trial (repeatable)")
+    t.add_argument("--output_dir", default="outputs", help="parent of the search folder tune_STUDY_NAME (default: %(default)s)")
+    t.add_argument("--study_name", default=None, help="name of the search (default: CONFIG-SPACE, from the two file names)")
+    t.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage: sqlite:///FILE or an RDB URL shared by several machines (default: sqlite:///SEARCH_FOLDER/optuna.db)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: %(default)s)")
+    t.add_argument("--pruner", choices=("median", "none"), default="median",
+                   help="median: stop a trial whose validation loss is worse than the median of earlier trials at that epoch (default: %(default)s)")
+    t.add_argument("--no_report", action="store_true", help="do not render nbs/tune.ipynb into tune_report.ipynb/.html")
+    t.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    _add_executor_args(t)
+    t.set_defaults(func=_on_executor(cmd_tune))
+
 # %% ../nbs/19_cli.ipynb #5af16585
 def _ints(s:str) -> list: return [int(x) for x in s.split(",") if x.strip()]
 
@@ -555,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(data_dir=DEFAULT_DATA_DIR, func=cmd_demo)
     _phantom_args(d, ", if DATA_DIR is empty and a phantom is made")
     _add_evaluation_commands(sub)  # evaluate, cv, sweep, navigate, ablation
+    _add_study_commands(sub)  # --executor for cv, sweep, ablation; tune (15_studies, 15a_tune)
     _add_bench_command(sub)
     add_import_cli(sub)  # import a recording (17b_importer)
     add_export_guide_cli(sub)  # export, guide (17c_export, 17d_guide)

@@ -26,6 +26,7 @@ import ipywidgets as W
 import pandas as pd
 import psutil
 import seaborn as sns
+import yaml
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PANEL_FIELDS', 'panel_values', 'nest_values', 'panel_config', 'list_patients', 'validate_panel_values',
-           'train_command', 'epochs_done', 'plot_live_losses', 'figure_png', 'TrainingJob', 'HyperparameterPanel']
+           'train_command', 'epochs_done', 'plot_live_losses', 'figure_png', 'TrainingJob', 'HyperparameterPanel',
+           'panel_search_space', 'search_command', 'trials_table']
 
 # %% ../nbs/16_widgets.ipynb #69b41853
 PANEL_FIELDS = {
@@ -420,6 +422,9 @@ class HyperparameterPanel:
         self.status, self.report_link = W.HTML(), W.HTML()
         self.progress = W.IntProgress(value=0, min=0, max=1, description="epochs", bar_style="info")
         self.live_plot = W.Image(format="png", layout=W.Layout(display="none", max_width="720px"))
+        self.search_button = W.Button(description="Search", icon="search", tooltip="a small Optuna search around this configuration")
+        self.search_trials = W.IntText(value=4, description="trials", layout=W.Layout(width="140px"))
+        self.search_status, self.search_table, self.search_proc, self.search_trials_df = W.HTML(), W.HTML(), None, pd.DataFrame()
         self._build_ui(); self._wire()
         self.load_yaml(config_path, data_dir)
 
@@ -431,7 +436,8 @@ def _build_ui(self:HyperparameterPanel):
     title = W.HTML("<h3 style='margin:4px 0'>Hyperparameter panel</h3>")
     files = W.VBox([W.HBox([self.config_path, self.load_button]), W.HBox([self.save_path, self.save_button]), self.output_dir])
     run = W.VBox([W.HBox([self.run_button, self.stop_button, self.progress]), self.status, self.live_plot, self.report_link])
-    self.ui = W.VBox([title, files, self.tabs, self.patients_html, self.errors_html, self.message, run],
+    search = W.VBox([W.HBox([self.search_button, self.search_trials]), self.search_status, self.search_table])
+    self.ui = W.VBox([title, files, self.tabs, self.patients_html, self.errors_html, self.message, run, search],
                      layout=W.Layout(border="1px solid #ccc", padding="6px"))
     self.ui.add_class("cd-hyperparameter-panel")
 
@@ -442,6 +448,7 @@ def _wire(self:HyperparameterPanel):
     self.save_button.on_click(lambda _: self._guard(self.save_yaml))
     self.run_button.on_click(lambda _: self._guard(self.launch))
     self.stop_button.on_click(lambda _: self.stop(block=False))
+    self.search_button.on_click(lambda _: self._guard(self.search))
 
 @patch
 def _guard(self:HyperparameterPanel, f):
@@ -495,6 +502,7 @@ def refresh(self:HyperparameterPanel):
     self.patients_html.value = (f"<small>{len(ps)} patients in data_dir: {html.escape(', '.join(ps[:40]))}"
                                 f"{' ...' if len(ps) > 40 else ''}</small>")
     self.save_button.disabled = bool(errs)
+    self.search_button.disabled = bool(errs) or (self.search_proc is not None and self.search_proc.poll() is None)
     self.run_button.disabled = bool(errs) or (self.job is not None and self.job.running)
 
 @patch
@@ -552,3 +560,62 @@ def _show_job(self:HyperparameterPanel, job:TrainingJob):
     if job.returncode and job.state == "failed": self.message.value = "<pre>" + html.escape("\n".join(job.lines[-15:])) + "</pre>"
     self.stop_button.disabled = True
     self.refresh()
+
+# %% ../nbs/16_widgets.ipynb #784ebcd4
+def panel_search_space(cfg:Config) -> dict:
+    "A small search space around a configuration: learning rate (1/3x..3x, log scale) and dropout (0..0.3)."
+    lr = float(cfg.training.lr)
+    return {"training.lr": dict(type="float", low=lr / 3, high=lr * 3, log=True), "model.dropout": dict(type="float", low=0.0, high=0.3)}
+
+def search_command(config_path, space_path, trials:int, output_dir, study_name:str, data_dir=None, python:str|None=None) -> list:
+    "The `cardiac-dreamer tune` command line the panel's Search button runs."
+    cmd = [python or sys.executable, "-m", "cardiac_dreamer", "tune", "--config", str(config_path), "--space", str(space_path),
+           "--trials", str(int(trials)), "--output_dir", str(output_dir), "--study_name", study_name, "--no_progress"]
+    return cmd + (["--data_dir", str(data_dir)] if data_dir else [])
+
+def trials_table(storage:str, # Optuna storage URL (sqlite:///.../optuna.db)
+                 study_name:str, # the search's name
+                ) -> pd.DataFrame:
+    "The search's trials as they stand in its storage (state, best validation loss, parameters); empty before the first one."
+    cols = ["trial", "state", "value"]
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file(): return pd.DataFrame(columns=cols)
+    import optuna  # here: only a search needs it (an optional extra, slow to import)
+    try: trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    except KeyError: return pd.DataFrame(columns=cols)  # the study is not created yet
+    return pd.DataFrame([dict(trial=t.number, state=t.state.name.lower(), value=t.value, **t.params) for t in trials]).reindex(
+        columns=cols + sorted({k for t in trials for k in t.params}))
+
+# %% ../nbs/16_widgets.ipynb #29ea48ce
+@patch
+def search(self:HyperparameterPanel, trials:int|None=None) -> subprocess.Popen: # trials (default: the panel's `search_trials` box)
+    "Start a small Optuna search (`cardiac-dreamer tune`) from the panel's configuration; returns at once, the table fills as trials finish."
+    errs = self.errors()
+    if errs: raise ConfigError("the panel's configuration is not valid:\n  " + "\n  ".join(errs))
+    if getattr(self, "search_proc", None) is not None and self.search_proc.poll() is None: raise CardiacDreamerError("a search is still running")
+    cfg = self.config()
+    folder = Path(tempfile.mkdtemp(prefix="cardiac_dreamer_search_"))
+    save_config(cfg, folder / "panel_config.yaml")
+    (folder / "space.yaml").write_text(yaml.safe_dump(panel_search_space(cfg), sort_keys=False))
+    name, out = f"panel-{time.strftime('%Y%m%d_%H%M%S')}", _abs(self.output_dir.value)
+    self.search_storage, self.search_study = f"sqlite:///{out / f'tune_{name}' / 'optuna.db'}", name
+    cmd = search_command(folder / "panel_config.yaml", folder / "space.yaml", trials or self.search_trials.value, out, name, _abs(cfg.data.data_dir))
+    self.search_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    self.search_button.disabled, self.search_status.value = True, f"<b>searching</b> &middot; <code>{html.escape(str(out / f'tune_{name}'))}</code>"
+    threading.Thread(target=self._follow_search, name="search-watch", daemon=True).start()
+    return self.search_proc
+
+@patch
+def _follow_search(self:HyperparameterPanel):
+    "Refresh the trials table from the storage until the search ends (background thread)."
+    while True:
+        ended = self.search_proc.poll() is not None
+        try: df = trials_table(self.search_storage, self.search_study)
+        except Exception as e: df = pd.DataFrame({"error": [str(e)]})  # boundary: a locked or half-written database shows next time
+        self.search_trials_df, self.search_table.value = df, df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+        if ended: break
+        time.sleep(self.poll_s)
+    rc, folder = self.search_proc.returncode, _abs(self.output_dir.value) / f"tune_{self.search_study}"
+    report = folder / "tune_report.html"
+    self.search_status.value = (f"<b>{'finished' if rc == 0 else f'ended with exit code {rc}'}</b> &middot; "
+                                + (f'report: <a href="{report.resolve().as_uri()}" target="_blank">{report.name}</a>' if report.is_file() else ""))
+    self.search_button.disabled = False
