@@ -641,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_commands(sub)  # evaluate, cv, sweep, navigate, ablation
     _add_study_commands(sub)  # --executor for cv, sweep, ablation; tune (15_studies, 15a_tune)
     _add_bench_command(sub)
-    add_import_cli(sub)  # import a recording (17b_importer)
-    add_export_guide_cli(sub)  # export, guide (17c_export, 17d_guide)
+    add_import_cli(sub)  # import a recording (16b_importer)
+    add_export_guide_cli(sub)  # export, guide (16c_export, 16d_guide)
     return p
 
 # %% ../nbs/19_cli.ipynb #6fa42f59
