@@ -384,7 +384,7 @@ def _add_executor_args(p:argparse.ArgumentParser):
 def _on_executor(cmd):
     "A study command that runs its trials on the executor its options name."
     def run(args) -> int:
-        from cardiac_dreamer.studies import make_executor, use_executor  # lazy: keeps --help fast
+        from cardiac_dreamer.executors import make_executor, use_executor  # lazy: keeps --help fast
         with use_executor(make_executor(args.executor, args.cpus_per_trial, args.gpus_per_trial, args.ray_address)): return cmd(args)
     run.__name__, run.__doc__, run.command = cmd.__name__, cmd.__doc__, cmd
     return run
@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(data_dir=DEFAULT_DATA_DIR, func=cmd_demo)
     _phantom_args(d, ", if DATA_DIR is empty and a phantom is made")
     _add_evaluation_commands(sub)  # evaluate, cv, sweep, navigate, ablation
-    _add_study_commands(sub)  # --executor for cv, sweep, ablation; tune (15_studies, 15a_tune)
+    _add_study_commands(sub)  # --executor for cv, sweep, ablation; tune (14a_executors, 15_studies, 15a_tune)
     _add_bench_command(sub)
     add_import_cli(sub)  # import a recording (16b_importer)
     add_export_guide_cli(sub)  # export, guide (16c_export, 16d_guide)

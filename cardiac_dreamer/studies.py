@@ -5,40 +5,33 @@
 # %% ../nbs/15_studies.ipynb #6796bd09
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import itertools
 import json
 import logging
-import os
-import signal
-import socket
-import threading
-import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from .config import AblationArms, CardiacDreamerError, NavigationSettings, atomic_write_json, atomic_write_text
+from .executors import Trial, _driving, _finish_study, failed_trials, run_trials
 from .evaluate import PATHS, _path_colors, compute_metrics, evaluate_run, read_predictions
 from .geometry import POSE_AXES, POSE_UNITS
 from .navigate import run_navigation, write_navigation
 from .plots import _new_figure, _themed, epoch_curve
-from .train import TrainingInterrupted, build_datamodule
-from .runs import NotebookRunError, csv_metrics, new_run_dir, read_status, resolve_config, resolve_path, run_notebook
+from .train import build_datamodule
+from .runs import csv_metrics, new_run_dir, read_status, resolve_config, resolve_path, run_notebook
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TRIAL_STATES', 'TRIALS_FILE', 'preflight', 'train_in', 'best_checkpoint', 'Trial', 'read_trials',
-           'failed_trials', 'LocalExecutor', 'RayExecutor', 'make_executor', 'use_executor', 'TrialsFailed',
-           'run_trials', 'run_cv', 'summarize_cv', 'cv_table', 'plot_cv', 'parse_grid', 'expand_grid', 'point_label',
-           'run_sweep', 'summarize_sweep', 'plot_sweep', 'run_ablation', 'summarize_ablation', 'ablation_table',
-           'plot_ablation']
+__all__ = ['log', 'preflight', 'train_in', 'best_checkpoint', 'run_cv', 'summarize_cv', 'cv_table', 'plot_cv', 'parse_grid',
+           'expand_grid', 'point_label', 'run_sweep', 'summarize_sweep', 'plot_sweep', 'run_ablation',
+           'summarize_ablation', 'ablation_table', 'plot_ablation']
 
 # %% ../nbs/15_studies.ipynb #a6c53cae
 def _abs(p) -> str:
@@ -103,250 +96,6 @@ def best_checkpoint(run_dir:str|Path, # a finished run folder
     for p in (st.get("best_checkpoint"), Path(run_dir) / "final_model.ckpt"):
         if p and Path(p).is_file(): return Path(p)
     raise CardiacDreamerError(f"{run_dir}: no checkpoint found (status: {st.get('state')}); train it first")
-
-# %% ../nbs/15_studies.ipynb #44271517
-TRIAL_STATES = ("pending", "running", "finished", "failed", "interrupted")
-TRIALS_FILE = "trials.json"
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    "One trial of a study: `fn(study_dir / name, **kwargs)`; `fn` is a module-level function (Ray sends it to its workers by name)."
-    name: str  # its run folder inside the study folder: fold_0, point_03, full_seed1, trial_0007
-    fn: Callable  # `fn(run_dir:Path, **kwargs) -> dict|None`
-    kwargs: dict = dataclasses.field(default_factory=dict)  # plain values (they travel to Ray workers)
-
-def read_trials(study_dir:str|Path, # a study folder
-               ) -> dict:
-    "The study's trial records `{name: {state, reason, updated, attempts}}` (`{}` before its first trial)."
-    try: rec = json.loads((Path(study_dir) / TRIALS_FILE).read_text())
-    except (OSError, ValueError): return {}
-    return rec.get("trials", {}) if isinstance(rec, dict) else {}
-
-def failed_trials(study_dir:str|Path) -> dict:
-    "`{name: reason}` of the study's failed and interrupted trials."
-    return {k: f"{r['state']}: {r.get('reason')}" for k, r in read_trials(study_dir).items() if r.get("state") in ("failed", "interrupted")}
-
-# %% ../nbs/15_studies.ipynb #af3121d2
-_DRIVING = set()  # study folders this process drives (writes trials.json for)
-
-def _driver_record(study_dir:Path) -> dict:
-    try: return json.loads((study_dir / TRIALS_FILE).read_text()).get("driver") or {}
-    except (OSError, ValueError, AttributeError): return {}
-
-def _driven_elsewhere(study_dir:Path) -> bool:
-    "Whether another live process on this host drives the study (e.g. the command rendering this report notebook)."
-    d = _driver_record(study_dir)
-    if d.get("host") != socket.gethostname() or d.get("pid") in (None, os.getpid()): return False
-    try: os.kill(int(d["pid"]), 0)
-    except ProcessLookupError: return False
-    except OSError: return True
-    return True
-
-def _save_trials(study_dir:Path, trials:dict, driving:bool=True):
-    driver = dict(pid=os.getpid(), host=socket.gethostname()) if driving else None
-    atomic_write_json(study_dir / TRIALS_FILE, dict(trials=trials, driver=driver))
-
-@contextlib.contextmanager
-def _driving(study_dir:Path):
-    "Claim the study for this process while it runs trials and renders the report; yields False when another process drives it."
-    study_dir = Path(study_dir)
-    if study_dir in _DRIVING: yield True; return
-    if _driven_elsewhere(study_dir): yield False; return
-    _DRIVING.add(study_dir); _save_trials(study_dir, read_trials(study_dir))
-    try: yield True
-    finally:
-        _DRIVING.discard(study_dir); _save_trials(study_dir, read_trials(study_dir), driving=False)
-
-def _mark(study_dir:Path, trials:dict, name:str, state:str, reason:str|None=None, **extra):
-    "Record one trial's state in trials.json."
-    rec = trials.get(name, {})
-    attempts = rec.get("attempts", 0) + (state == "running")
-    trials[name] = {**rec, **extra, "state": state, "reason": reason, "attempts": attempts,
-                    "updated": _dt.datetime.now().isoformat(timespec="seconds")}
-    _save_trials(study_dir, trials)
-
-# %% ../nbs/15_studies.ipynb #9a6dfea3
-def _running_kernel(run_dir:Path) -> int|None:
-    "The process training `run_dir` when it is not this one (a papermill kernel), from its status.json."
-    st = read_status(run_dir); pid = st.get("pid")
-    return pid if st.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() else None
-
-@contextlib.contextmanager
-def _stop_kernel_on_signal(run_dir:Path):
-    "While a trial runs here: Ctrl-C / SIGTERM (and `ray.cancel`, a Ctrl-C inside the task) stop its kernel cleanly with SIGTERM; a second one, or training in this very process, raises KeyboardInterrupt."
-    signals = []  # (signal, time) received
-    if threading.current_thread() is not threading.main_thread(): yield signals; return  # handlers only in the main thread
-    def on_signal(signum, frame):
-        if signals and time.monotonic() - signals[0][1] < 2: return  # the same stop twice (terminal Ctrl-C and ray.cancel)
-        kernel = None if signals else _running_kernel(run_dir)
-        signals.append((signum, time.monotonic()))
-        if kernel is None: raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-        log.warning("%s: stopping %s at the end of the current batch (again to stop at once)", signal.Signals(signum).name, run_dir.name)
-        with contextlib.suppress(ProcessLookupError): os.kill(kernel, signal.SIGTERM)
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try: yield signals
-    finally:
-        for s, h in previous.items(): signal.signal(s, h)
-
-def _run_trial(fn:Callable, run_dir:str, kwargs:dict, cwd:str|None=None) -> dict:
-    "Run one trial where the executor placed it (this process or a Ray worker); its outcome as plain values, never an exception."
-    if cwd and Path(cwd).is_dir(): os.chdir(cwd)  # a Ray worker: relative paths as the driver sees them
-    with _stop_kernel_on_signal(Path(run_dir)) as signals:
-        try: return dict(state="finished", result=fn(Path(run_dir), **kwargs))
-        except BaseException as e:  # boundary: the driver records why the trial ended and carries on with the others
-            why = f"{type(e).__name__}: {e}".rstrip(": ")
-            stopped = bool(signals) or isinstance(e, KeyboardInterrupt)
-            return dict(state="interrupted" if stopped else "failed", reason=why)
-
-# %% ../nbs/15_studies.ipynb #934b6b01
-class _Ran:
-    "A trial the local executor ran already (a handle like a Ray task's, hashable by identity)."
-    def __init__(self, outcome:dict): self.outcome = outcome
-
-class LocalExecutor:
-    "Trials one after another in this process (`--executor local`, the default)."
-    name, slots = "local", 1
-    def __enter__(self): return self
-    def __exit__(self, *exc): return False
-    def submit(self, fn, run_dir:str, kwargs:dict): return _Ran(_run_trial(fn, run_dir, kwargs))  # runs now
-    def wait(self, handles:list) -> list: return [(h, h.outcome) for h in handles]
-    def cancel(self, handles:list): pass  # Ctrl-C reached the trial itself: it ran in this process
-
-class RayExecutor:
-    "Each trial a Ray task with declared resources (`--executor ray`): a local cluster, or the one at `address`."
-    name = "ray"
-    def __init__(self, cpus_per_trial:float=1, # CPUs each trial reserves
-                 gpus_per_trial:float=0, # GPUs each trial reserves (fractions share a GPU)
-                 address:str|None=None, # join this cluster ("auto", "HOST:6379", "ray://HOST:10001"); None: start a local one
-                 num_cpus:int|None=None, # CPUs of a local cluster (default: every core)
-                 num_gpus:int|None=None, # GPUs of a local cluster (default: Ray's detection)
-                 init_kwargs:dict|None=None, # more `ray.init` arguments
-                ):
-        self.cpus_per_trial, self.gpus_per_trial, self.address = float(cpus_per_trial), float(gpus_per_trial), address
-        self.num_cpus, self.num_gpus, self.init_kwargs, self.slots, self._own = num_cpus, num_gpus, dict(init_kwargs or {}), 1, False
-
-    def __enter__(self):
-        try: import ray  # here, not at the top: only Ray studies need it (seconds of imports)
-        except ImportError: raise CardiacDreamerError("--executor ray needs Ray: pip install 'cardiac-dreamer[studies]'") from None
-        self.ray = ray
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-statistics prompt or upload
-            kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING) | self.init_kwargs
-            if self.address: ray.init(address=self.address, **kw)
-            else: ray.init(num_cpus=self.num_cpus or os.cpu_count(), num_gpus=self.num_gpus, **kw)
-            self._own = True
-        res = ray.cluster_resources()
-        if self.cpus_per_trial > res.get("CPU", 0) or self.gpus_per_trial > res.get("GPU", 0):
-            self.__exit__(None, None, None)
-            raise CardiacDreamerError(f"a trial asks for {self.cpus_per_trial:g} CPUs and {self.gpus_per_trial:g} GPUs; the Ray cluster "
-                                      f"has {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs")
-        fits = [res.get("CPU", 0) / self.cpus_per_trial if self.cpus_per_trial else float("inf"),
-                res.get("GPU", 0) / self.gpus_per_trial if self.gpus_per_trial else float("inf")]
-        self.slots = max(1, int(min(fits))) if min(fits) != float("inf") else int(res.get("CPU", 1))
-        self._task = ray.remote(_run_trial).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
-        log.info("Ray: %s, %d trials at a time (%g CPUs, %g GPUs each)", self.address or "local cluster", self.slots,
-                 self.cpus_per_trial, self.gpus_per_trial)
-        return self
-
-    def __exit__(self, *exc):
-        if self._own: self.ray.shutdown(); self._own = False
-        return False
-
-    def submit(self, fn, run_dir:str, kwargs:dict): return self._task.remote(fn, run_dir, kwargs, os.getcwd())
-
-    def wait(self, handles:list, timeout:float|None=None) -> list:
-        "(handle, outcome) of the trials that ended (at least one unless `timeout` passed)."
-        done, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
-        return [(h, self._outcome(h)) for h in done]
-
-    def _outcome(self, ref) -> dict:
-        from ray.exceptions import RayError, TaskCancelledError
-        try: return self.ray.get(ref)
-        except TaskCancelledError: return dict(state="interrupted", reason="cancelled (Ctrl-C)")
-        except RayError as e: return dict(state="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
-
-    def cancel(self, handles:list):
-        for h in handles: self.ray.cancel(h)  # a Ctrl-C inside each task: its kernel is stopped cleanly (`_stop_kernel_on_signal`)
-
-def make_executor(executor:str="local", # "local" or "ray"
-                  cpus_per_trial:float=1, gpus_per_trial:float=0, ray_address:str|None=None, # Ray options (see `RayExecutor`)
-                 ):
-    "The executor a command asks for."
-    if executor == "local": return LocalExecutor()
-    if executor == "ray": return RayExecutor(cpus_per_trial, gpus_per_trial, ray_address or None)
-    raise CardiacDreamerError(f"--executor {executor!r}: expected local or ray")
-
-_EXECUTOR = [None]  # the executor `use_executor` set (None: LocalExecutor)
-
-@contextlib.contextmanager
-def use_executor(executor):
-    "Run the studies started inside this block on `executor` (the CLI's `--executor`)."
-    old, _EXECUTOR[0] = _EXECUTOR[0], executor
-    try: yield executor
-    finally: _EXECUTOR[0] = old
-
-# %% ../nbs/15_studies.ipynb #06995fef
-class TrialsFailed(NotebookRunError):
-    "Some trials of a study failed: the others finished; re-running the command runs the failed ones again."
-
-def _wait_stopped(run_dirs:Sequence[Path], timeout:float):
-    "Wait until no run is still training (its status.json leaves `running`, or its process is gone)."
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and any(read_status(d).get("state") == "running" for d in run_dirs): time.sleep(0.5)
-
-def run_trials(study_dir:str|Path, # the study folder
-               trials, # what to run: a list of `Trial`s, or an iterator asked for the next one whenever a slot is free (tune)
-               executor=None, # `LocalExecutor()`, `RayExecutor(...)` (default: the one `use_executor` set, else local)
-               stop_timeout:float=300, # after Ctrl-C: seconds to wait for running trials to stop cleanly
-               on_done:Callable|None=None, # `on_done(trial, outcome)` in this process after each trial ends (tune tells Optuna)
-              ) -> dict:
-    "Run the trials that are not finished on the executor, recording their states; returns `read_trials(study_dir)`."
-    study_dir = Path(study_dir)
-    with _driving(study_dir) as driving:
-        states = read_trials(study_dir)
-        if not driving:
-            log.info("%s: another process drives this study; not running trials here", study_dir); return states
-        todo = (t for t in trials if states.get(t.name, {}).get("state") != "finished")
-        if isinstance(trials, Sequence):
-            todo = list(todo)
-            for t in todo: _mark(study_dir, states, t.name, "pending", states.get(t.name, {}).get("reason"))
-        todo = iter(todo); first = next(todo, None)
-        if first is None: return states  # nothing to run: no executor (no Ray cluster) started
-        todo, running, stop = itertools.chain([first], todo), {}, None
-        def ended(t, out):
-            _mark(study_dir, states, t.name, out["state"], out.get("reason"))
-            if on_done is not None: on_done(t, out)
-        ex = executor or _EXECUTOR[0] or LocalExecutor()
-        with ex:
-            try:
-                while True:
-                    while stop is None and len(running) < ex.slots and (t := next(todo, None)) is not None:
-                        _mark(study_dir, states, t.name, "running", executor=ex.name)
-                        running[ex.submit(t.fn, str(study_dir / t.name), t.kwargs)] = t
-                    if not running: break
-                    for h, out in ex.wait(list(running)):
-                        t = running.pop(h); ended(t, out)
-                        if out["state"] == "failed": log.warning("%s failed: %s", t.name, out.get("reason"))
-                        if out["state"] == "interrupted" and stop is None: stop = out.get("reason") or "interrupted"
-            except KeyboardInterrupt as e:
-                stop = str(e) or "stopped by Ctrl-C"
-                ex.cancel(list(running))
-                _wait_stopped([study_dir / t.name for t in running.values()], stop_timeout)
-                for t in running.values(): ended(t, dict(state="interrupted", reason=stop))
-        if stop is not None:
-            raise TrainingInterrupted(f"{study_dir.name}: {stop}; the trials that were running are marked interrupted; run the same "
-                                      f"command again to continue", signal.SIGINT)
-    return read_trials(study_dir)
-
-def _finish_study(study_dir:Path, names:Sequence[str], report) -> None:
-    "Render the report when some trial finished (`report()`), then raise `TrialsFailed` naming every trial that did not finish."
-    states = read_trials(study_dir)
-    bad = {n: states.get(n, {}) for n in names if states.get(n, {}).get("state") != "finished"}
-    if len(bad) < len(names) and report: report()
-    if bad:
-        raise TrialsFailed(f"{study_dir}: {len(bad)} of {len(names)} trials did not finish (" +
-                           "; ".join(f"{n}: {r.get('state', 'pending')}: {r.get('reason')}" for n, r in bad.items()) +
-                           "); run the same command again to retry them")
 
 # %% ../nbs/15_studies.ipynb #a6e18ff9
 def _fold_overrides(req:dict, k:int) -> list:

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import DEBUG_CONFIG
 from cardiac_dreamer.runs import read_status
-from cardiac_dreamer.studies import LocalExecutor, RayExecutor, read_trials, run_cv
+from cardiac_dreamer.executors import LocalExecutor, RayExecutor, read_trials
+from cardiac_dreamer.studies import run_cv
 
 pytest.importorskip("ray")
 OVERRIDES = ["training.max_epochs=1"]
