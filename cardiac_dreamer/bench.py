@@ -47,8 +47,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['SCHEMA', 'DEFAULT_CONFIGS', 'QUICK_CONFIGS', 'PeakMemory', 'matmul_gflops', 'count_flops', 'make_train_step',
-           'bench_train_step', 'bench_inference', 'synthetic_dataset', 'bench_data', 'bench_index', 'machine_info',
-           'evaluate_targets', 'run_benchmark', 'format_table', 'plot_benchmark']
+           'bench_train_step', 'bench_inference', 'synthetic_dataset', 'bench_data', 'bench_index', 'bench_help',
+           'machine_info', 'evaluate_targets', 'run_benchmark', 'format_table', 'plot_benchmark']
 
 # %% ../nbs/18_bench.ipynb #abb800a9
 SCHEMA = "cardiac-dreamer-bench/1"  # version of the JSON layout
@@ -403,6 +403,19 @@ def bench_index(patients:int=200, # patient folders
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dict(patients=patients, transitions_per_patient=transitions, image_files=patients * (transitions + 1), build_s=build, **res)
 
+# %% ../nbs/18_bench.ipynb #f5023a72
+def bench_help(reps:int=3) -> dict:
+    "Start-up time of `cardiac-dreamer --help` in a fresh process (the console script, else `python -m cardiac_dreamer`): median of `reps` runs, s."
+    exe = shutil.which("cardiac-dreamer")
+    cmd = [exe, "--help"] if exe else [sys.executable, "-m", "cardiac_dreamer", "--help"]
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        times.append(time.perf_counter() - t)
+        if r.returncode: raise CardiacDreamerError(f"bench_help: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return dict(command=" ".join(["cardiac-dreamer" if exe else "python -m cardiac_dreamer", "--help"]), help_s=statistics.median(times), samples_s=times)
+
 # %% ../nbs/18_bench.ipynb #34aaf526
 def _cpu_model() -> str|None:
     with contextlib.suppress(OSError):
@@ -541,6 +554,9 @@ def _run(configs, device, quick, out, batch_size, workers, scale, data_dir, comp
                targets_reference=dataclasses.asdict(BenchTargets()))
     _log.info("bench: matmul ceiling")
     res["ceiling"] = _ceiling(device, p["ceiling_n"])
+    _log.info("bench: cardiac-dreamer --help start-up")
+    res["help"] = bench_help()
+    res["help_s"] = res["help"]["help_s"]
     res["configs"] = {}
     with tempfile.TemporaryDirectory(prefix="cd_bench_") as tmp:
         for name, path, cfg in configs:
@@ -592,6 +608,8 @@ def format_table(result:dict) -> str:
     drows = [[name] + [cell(r["data"]["settings"].get(k)) for k in keys] for name, r in result["configs"].items()]
     data = _md(["data: samples/s (× the step's)"] + [k.replace("_workers", ", workers ") for k in keys], drows)
     parts = [head, "", train, "", data]
+    if result.get("help_s") is not None:
+        parts += ["", f"`cardiac-dreamer --help` starts in {result['help_s']:.2f} s (median of {len(result['help']['samples_s'])} fresh processes)."]
     if result.get("scale"):
         s = result["scale"]
         parts += ["", f"Indexing {s['patients']} patients × {s['transitions_per_patient']:,} transitions ({s['image_files']:,} frame files): "

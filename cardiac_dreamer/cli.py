@@ -11,47 +11,76 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from .config import (DEFAULT_DATA_DIR, AblationArms, CardiacDreamerError, NavigationSettings, PhantomSettings, field_docs,
-                                     with_overrides)
+                                     package_root, shipped_configs, with_overrides)
 # The workflow modules (train, evaluate, navigate, studies, bench, phantom, data) load torch: each is imported inside the function
 # that needs it ("lazy" below), so that `cardiac-dreamer --help` stays fast.
 
 # %% auto #0
-__all__ = ['cmd_check_data', 'cmd_make_phantom', 'cmd_train', 'cmd_fit', 'cmd_demo', 'cmd_evaluate', 'cmd_navigate', 'cmd_cv',
-           'cmd_sweep', 'cmd_ablation', 'cmd_tune', 'cmd_bench', 'cmd_import', 'add_import_cli', 'cmd_export',
-           'cmd_guide', 'add_export_guide_cli', 'build_parser', 'main']
+__all__ = ['DEFAULT_CONFIG', 'EXAMPLES', 'missing_checkpoint', 'cmd_check_data', 'cmd_make_phantom', 'cmd_train', 'cmd_fit',
+           'cmd_demo', 'cmd_evaluate', 'cmd_navigate', 'cmd_cv', 'cmd_sweep', 'cmd_ablation', 'cmd_tune', 'cmd_bench',
+           'cmd_import', 'add_import_cli', 'cmd_export', 'cmd_guide', 'add_export_guide_cli', 'build_parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #f5dbadf4
 def _csv(s:str) -> list[str]:
     "Comma-separated list -> list (empty items dropped)."
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
-def _add_run_args(p:argparse.ArgumentParser, default_config:str|None="configs/production.yaml"):
+DEFAULT_CONFIG = "demo"  # what `train`, `fit` and `demo` use without --config: a run a laptop finishes in minutes (nbs/train.ipynb too)
+
+def _config_help(what:str="configuration") -> str:
+    "Help text of a --config option: shipped configurations by name, or a YAML file."
+    return f"{what}: a shipped one by name ({', '.join(shipped_configs()) or 'demo, debug, production'}) or a YAML file"
+
+def _config_source(name:str|None):
+    "A shipped configuration's name (`demo`) -> its file; anything else as given (found by `config.find_config` when loaded)."
+    if name and not Path(name).exists() and name in shipped_configs(): return shipped_configs()[name]
+    return name
+
+def _add_run_args(p:argparse.ArgumentParser, default_config:str|None=DEFAULT_CONFIG):
     "Arguments shared by `train`, `fit` and `demo`."
-    p.add_argument("--config", default=default_config, help="YAML configuration (default: %(default)s)")
+    p.add_argument("--config", default=default_config, help=_config_help() + " (default: %(default)s)")
     p.add_argument("--data_dir", default=None, help="data set folder (default: the config's data.data_dir)")
     p.add_argument("--output_dir", default="outputs", help="parent folder of run folders (default: %(default)s)")
     p.add_argument("--manual_splits", action="store_true", help="use --train/val/test_patients instead of automatic splits")
     p.add_argument("--train_patients", type=_csv, default=[], help="comma-separated patient folders (manual splits)")
     p.add_argument("--val_patients", type=_csv, default=[], help="comma-separated patient folders (manual splits)")
     p.add_argument("--test_patients", type=_csv, default=[], help="comma-separated patient folders (manual splits)")
-    p.add_argument("--resume_from_checkpoint", default=None, help="continue the run that owns this checkpoint (RUN/checkpoints/last.ckpt)")
+    p.add_argument("--resume_from_checkpoint", default=None, help="continue the run that owns this checkpoint: RUN/checkpoints/last.ckpt")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one configuration value (repeatable), e.g. --set training.lr=1e-4")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
 
+# %% ../nbs/19_cli.ipynb #b4b7cd70
+def missing_checkpoint(path) -> CardiacDreamerError:
+    "The one error for a checkpoint file that does not exist (`evaluate`, `navigate`, resume): the file, what a run keeps, what is there."
+    p = Path(path)
+    there = sorted(x.name for x in p.parent.glob("*.ckpt")) if p.parent.is_dir() else []
+    seen = f"; {p.parent} holds {', '.join(there)}" if there else ""
+    return CardiacDreamerError(f"{p}: checkpoint file not found (a run keeps RUN/checkpoints/last.ckpt to resume from and "
+                               f"RUN/checkpoints/best.ckpt, its best weights, to evaluate{seen})")
+
+def _checkpoint_file(path) -> str:
+    "`path` when the checkpoint exists (as given, or relative to the workbook like every other path), else `missing_checkpoint`."
+    p = Path(path).expanduser()
+    if p.is_file() or (not p.is_absolute() and (package_root() / p).is_file()): return str(path)
+    raise missing_checkpoint(p)
+
 # %% ../nbs/19_cli.ipynb #58c1ee02
 def _resolve(args) -> tuple:
     "(config, config source, run_dir_or_None) for a run request; raises CardiacDreamerError on bad input."
+    if args.resume_from_checkpoint: _checkpoint_file(args.resume_from_checkpoint)  # before the slow imports
     from cardiac_dreamer.train import check_resume_checkpoint  # lazy
     from cardiac_dreamer.runs import resolve_config, resolve_path, run_dir_of_checkpoint
     run_dir = None
-    source = resolve_path(args.config)
+    source = resolve_path(_config_source(args.config))
     if not args.manual_splits and (args.train_patients or args.val_patients or args.test_patients):
         raise CardiacDreamerError("--train_patients/--val_patients/--test_patients need --manual_splits")
     if args.resume_from_checkpoint:
@@ -117,7 +146,7 @@ def cmd_check_data(args) -> int:
     from cardiac_dreamer.data import dataset_statistics, index_dataset  # lazy
     from cardiac_dreamer.splits import load_subjects, split_patients
     from cardiac_dreamer.runs import resolve_config  # lazy
-    cfg = resolve_config(args.config, args.overrides, data_dir=args.data_dir)
+    cfg = resolve_config(_config_source(args.config), args.overrides, data_dir=args.data_dir)
     d = cfg.data
     ok = lambda msg: print(f"  [ok] {msg}")
     print(f"Checking {args.data_dir}")
@@ -138,6 +167,9 @@ def cmd_check_data(args) -> int:
                                   f"{d.label_convention!r}; set --set data.label_convention={conv['convention']}")
     sd = splits.to_dict()
     ok(f"{d.split_mode} split feasible: " + ", ".join(f"{k} {len(v)} patients" for k, v in sd.items()))
+    from cardiac_dreamer.runs import environment_checklist  # lazy
+    from cardiac_dreamer.train import checkpoint_sizes
+    for level, msg in environment_checklist(cfg, getattr(args, "output_dir", None) or "outputs", checkpoint_sizes(cfg)): print(f"  [{level}] {msg}")
     print("Ready to train.")
     return 0
 
@@ -185,8 +217,8 @@ def _notebook_stopped(run_dir:Path, signum:int) -> BaseException:
 
 def cmd_train(args) -> int:
     "Execute the training notebook with papermill into a (new or resumed) run folder."
-    from cardiac_dreamer.runs import new_run_dir, run_notebook  # lazy
     cfg, source, run_dir = _resolve(args)
+    from cardiac_dreamer.runs import new_run_dir, run_notebook  # lazy
     _preflight(cfg)
     if run_dir is None: run_dir = new_run_dir(args.output_dir)
     else: _keep_previous_report(run_dir)
@@ -201,9 +233,9 @@ def cmd_train(args) -> int:
 
 def cmd_fit(args) -> int:
     "The training pipeline without a notebook (torchrun / SLURM / DDP)."
+    cfg, _, run_dir = _resolve(args)
     from cardiac_dreamer.train import fit  # lazy
     from cardiac_dreamer.runs import is_main_process
-    cfg, _, run_dir = _resolve(args)
     with _sigterm_stops():
         dm = _preflight(cfg)
         run_dir = run_dir or (Path(args.run_dir) if args.run_dir else None) or _shared_run_dir(args.output_dir)
@@ -239,7 +271,7 @@ def cmd_demo(args) -> int:
         cmd_make_phantom(argparse.Namespace(out_dir=str(data_dir), patients=args.patients, transitions=args.transitions, sweep=args.sweep,
                                             seed=args.seed, image_size=args.image_size, no_progress=args.no_progress))
     else: _warn_old_phantom(data_dir)
-    cmd_check_data(argparse.Namespace(data_dir=str(data_dir), config=args.config, overrides=[]))
+    cmd_check_data(argparse.Namespace(data_dir=str(data_dir), config=args.config, overrides=[], output_dir=args.output_dir))
     args.data_dir = str(data_dir)
     return cmd_train(args)
 
@@ -257,7 +289,8 @@ def _log_to_stderr():
 
 def _checkpoint_args(p):
     "Arguments shared by evaluate and navigate."
-    p.add_argument("--checkpoint", required=True, help="a .ckpt of a run (RUN/checkpoints/*.ckpt or RUN/final_model.ckpt)")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt of a run: RUN/checkpoints/best.ckpt (its best weights), any "
+                   "RUN/checkpoints/*.ckpt or RUN/final_model.ckpt")
     p.add_argument("--data_dir", default=None, help="data set folder (default: the run's data.data_dir)")
     p.add_argument("--patients", type=_csv, default=[],
                    help="comma-separated patient folders (default: the run's test split); all: every patient folder in DATA_DIR")
@@ -266,7 +299,7 @@ def _checkpoint_args(p):
 
 def _study_args(p, kind:str):
     "Arguments shared by cv, sweep and ablation."
-    p.add_argument("--config", default=None, help=f"YAML configuration (required to start a {kind}; stored in the folder)")
+    p.add_argument("--config", default=None, help=_config_help() + f" (required to start a {kind}; stored in the folder)")
     p.add_argument("--data_dir", default=None, help="data set folder (default: the config's data.data_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="SECTION.KEY=VALUE",
                    help="override one configuration value for every run (repeatable)")
@@ -277,6 +310,7 @@ def _study_args(p, kind:str):
 # %% ../nbs/19_cli.ipynb #90d4e8f2
 def cmd_evaluate(args) -> int:
     "`cardiac-dreamer evaluate`: metrics, predictions and the report of a checkpoint on held-out patients."
+    _checkpoint_file(args.checkpoint)  # before the slow imports
     from cardiac_dreamer.evaluate import evaluate_checkpoint, metrics_table  # lazy
     out = evaluate_checkpoint(args.checkpoint, args.data_dir, args.patients or None, args.output_dir, args.batch_size,
                               progress=not args.no_progress)
@@ -293,6 +327,7 @@ def _navigation_settings(args) -> dict:
 
 def cmd_navigate(args) -> int:
     "`cardiac-dreamer navigate`: closed-loop navigation of a checkpoint in held-out phantom patients, beside the references."
+    _checkpoint_file(args.checkpoint)  # before the slow imports
     import pandas as pd  # lazy
     from cardiac_dreamer.navigate import navigate_checkpoint  # lazy
     out = navigate_checkpoint(args.checkpoint, args.data_dir, args.patients or None, args.output_dir, progress=not args.no_progress,
@@ -621,21 +656,51 @@ def _phantom_args(p:argparse.ArgumentParser, when:str=""):
                  image_size="frame width and height in pixels")
     for k, h in helps.items(): p.add_argument(f"--{k}", type=int, default=default[k], help=f"{h}{when} (default: %(default)s)")
 
+EXAMPLES = {  # one example per subcommand, shown under its --help (a subcommand with its own epilog keeps it)
+    "check-data": "cardiac-dreamer check-data data/phantom --config demo",
+    "make-phantom": "cardiac-dreamer make-phantom data/phantom --patients 24 --transitions 12",
+    "train": "cardiac-dreamer train --config production --data_dir data/processed --set training.lr=1e-4",
+    "fit": "torchrun --nproc_per_node 2 -m cardiac_dreamer fit --config production --data_dir data/processed",
+    "demo": "cardiac-dreamer demo",
+    "evaluate": "cardiac-dreamer evaluate --checkpoint outputs/run_20250101_120000/checkpoints/best.ckpt",
+    "navigate": "cardiac-dreamer navigate --checkpoint outputs/run_20250101_120000/checkpoints/best.ckpt --episodes 50",
+    "cv": "cardiac-dreamer cv --config demo --folds 5",
+    "sweep": "cardiac-dreamer sweep --config demo --grid training.lr=3e-4,1e-3 model.d_model=128,256",
+    "ablation": "cardiac-dreamer ablation --config demo --seeds 0,1,2",
+    "bench": "cardiac-dreamer bench --config demo --quick",
+}
+
+def _describe(subparsers):
+    "Give every subcommand its one-line help as description and its example (`EXAMPLES`) as epilog, kept as written."
+    helps = {a.dest: a.help for a in subparsers._choices_actions}
+    for name, p in subparsers.choices.items():
+        p.description = p.description or (helps.get(name) or "").capitalize()
+        if name in EXAMPLES and "example" not in (p.epilog or ""):  # an epilog added earlier (e.g. the executors') follows the example
+            p.epilog = f"example:\n  {EXAMPLES[name]}" + (f"\n\n{p.epilog}" if p.epilog else "")
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+
 def build_parser() -> argparse.ArgumentParser:
     "The `cardiac-dreamer` argument parser."
-    p = argparse.ArgumentParser(prog="cardiac-dreamer", description="Cardiac Dreamer workbook: data, training, evaluation, guidance.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    c = sub.add_parser("check-data", help="pre-training checklist of a data set")
-    c.add_argument("data_dir"); c.add_argument("--config", default=None, help="configuration whose data/split settings to check")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p = argparse.ArgumentParser(prog="cardiac-dreamer", description="Cardiac Dreamer workbook: data, training, evaluation, guidance.",
+                                epilog="example (phantom data, check, a short training run and its report, in minutes on a laptop):\n"
+                                       "  cardiac-dreamer demo\n\nEvery command explains its options: cardiac-dreamer COMMAND --help",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, help="one of:")
+    c = sub.add_parser("check-data", help="pre-training checklist: data set, splits, accelerator, disk space, package versions")
+    c.add_argument("data_dir", help="data set folder: one folder per patient, each with transitions_dataset.json and its frames")
+    c.add_argument("--config", default=DEFAULT_CONFIG, help=_config_help("configuration to check the data against (data, "
+                   "splits, checkpoint sizes)") + " (default: %(default)s)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one configuration value (repeatable), e.g. --set data.split_mode=manual")
+    c.add_argument("--output_dir", default="outputs", help="where the runs will go: its free disk space is checked (default: %(default)s)")
     c.set_defaults(func=cmd_check_data)
     m = sub.add_parser("make-phantom", help="generate the simulated phantom data set")
-    m.add_argument("out_dir"); _phantom_args(m)
-    m.add_argument("--no_progress", action="store_true"); m.set_defaults(func=cmd_make_phantom)
+    m.add_argument("out_dir", help="folder to write the data set to (refused when it already holds one)"); _phantom_args(m)
+    m.add_argument("--no_progress", action="store_true", help="hide the progress bar"); m.set_defaults(func=cmd_make_phantom)
     t = sub.add_parser("train", help="train through the papermill training notebook"); _add_run_args(t); t.set_defaults(func=cmd_train)
     f = sub.add_parser("fit", help="train without a notebook (torchrun/SLURM/DDP)"); _add_run_args(f)
     f.add_argument("--run_dir", default=None, help="run folder to use (default: a new one; shared by all processes)"); f.set_defaults(func=cmd_fit)
-    d = sub.add_parser("demo", help="phantom -> check -> train with configs/demo.yaml"); _add_run_args(d, "configs/demo.yaml")
+    d = sub.add_parser("demo", help="phantom (if absent) -> check -> train with the demo configuration"); _add_run_args(d)
     d.set_defaults(data_dir=DEFAULT_DATA_DIR, func=cmd_demo)
     _phantom_args(d, ", if DATA_DIR is empty and a phantom is made")
     _add_evaluation_commands(sub)  # evaluate, cv, sweep, navigate, ablation
@@ -643,17 +708,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_command(sub)
     add_import_cli(sub)  # import a recording (16b_importer)
     add_export_guide_cli(sub)  # export, guide (16c_export, 16d_guide)
+    _describe(sub)
     return p
 
 # %% ../nbs/19_cli.ipynb #6fa42f59
+class _Once(logging.Filter):
+    "Pass each message once (the configuration is resolved more than once by some commands)."
+    def __init__(self): super().__init__(); self.seen = set()
+    def filter(self, record):
+        msg = record.getMessage()
+        if msg in self.seen: return False
+        self.seen.add(msg); return True
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    "`warnings.showwarning` for the terminal: `warning: MESSAGE` on one line, without the source file and line."
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+@contextlib.contextmanager
+def _terminal_messages():
+    "While a command runs: the configuration loader's notes as `note: ...` lines, Python warnings as `warning: ...` lines, on stderr."
+    log, h = logging.getLogger("cardiac_dreamer.config"), logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("note: %(message)s")); h.addFilter(_Once())
+    old = log.level, log.propagate, warnings.showwarning
+    log.addHandler(h); log.setLevel(logging.INFO); log.propagate = False; warnings.showwarning = _one_line_warning
+    try: yield
+    finally:
+        log.removeHandler(h); log.setLevel(old[0]); log.propagate = old[1]; warnings.showwarning = old[2]
+
+@contextlib.contextmanager
+def _command_recorded(argv:list):
+    "Put the command line as typed in `runs.COMMAND_ENV` (for experiment_config.json; kernels inherit it), unless a caller already did."
+    key = "CARDIAC_DREAMER_COMMAND"  # runs.COMMAND_ENV (runs is not imported here: it loads torch)
+    if os.environ.get(key) or os.environ.get("TORCHELASTIC_RUN_ID"): yield; return  # torchrun: runs records torchrun's command
+    prog = "python -m cardiac_dreamer" if Path(sys.argv[0]).name == "__main__.py" else "cardiac-dreamer"
+    os.environ[key] = f"{prog} {shlex.join(str(a) for a in argv)}".strip()
+    try: yield
+    finally: os.environ.pop(key, None)
+
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `cardiac-dreamer` console script."
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
-    try: return args.func(args)
+    try:
+        with _terminal_messages(), _command_recorded(argv): return args.func(args)
     except CardiacDreamerError as e:
-        from cardiac_dreamer.runs import NotebookRunError  # lazy
         print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, NotebookRunError) else 2
+        runs = sys.modules.get("cardiac_dreamer.runs")  # a NotebookRunError comes from runs: not imported, not one (and no torch import)
+        return 1 if runs is not None and isinstance(e, runs.NotebookRunError) else 2
     except KeyboardInterrupt as e:
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 128 + getattr(e, "signal_number", signal.SIGINT)

@@ -11,6 +11,8 @@ import logging
 import os
 import platform
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 
 import cardiac_dreamer
@@ -31,11 +34,12 @@ from .datamodule import CardiacDataModule
 from .plots import plot_dataset_statistics, read_metrics, save_figure, transitions_table
 
 # %% auto #0
-__all__ = ['RUN_STATES', 'REPORT_ENV', 'LIGHTNING_CHATTER', 'LIBRARY_WARNINGS', 'workbook_root', 'resolve_path', 'new_run_dir',
-           'write_status', 'read_status', 'package_versions', 'git_commit', 'environment_info', 'resolve_config',
-           'is_main_process', 'record_dataset', 'record_experiment', 'run_dir_of_checkpoint', 'csv_metrics',
-           'NotebookRunError', 'workflow_notebook', 'to_html', 'in_report', 'report_kernel_arguments', 'run_notebook',
-           'quiet_chatter', 'stop_reason']
+__all__ = ['RUN_STATES', 'COMMAND_ENV', 'REPORT_ENV', 'LIGHTNING_CHATTER', 'LIBRARY_WARNINGS', 'workbook_root', 'resolve_path',
+           'new_run_dir', 'write_status', 'read_status', 'package_versions', 'git_commit', 'environment_info',
+           'accelerator_summary', 'free_disk_bytes', 'pinned_versions', 'pin_mismatches', 'environment_checklist',
+           'resolve_config', 'is_main_process', 'launch_command', 'record_dataset', 'record_experiment',
+           'run_dir_of_checkpoint', 'csv_metrics', 'NotebookRunError', 'workflow_notebook', 'to_html', 'in_report',
+           'report_kernel_arguments', 'run_notebook', 'quiet_chatter', 'stop_reason']
 
 # %% ../nbs/11_runs.ipynb #a0b3a33a
 def workbook_root() -> Path:
@@ -123,6 +127,70 @@ def environment_info() -> dict:
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available(),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
+# %% ../nbs/11_runs.ipynb #2f9919dc
+def accelerator_summary() -> str:
+    "The accelerator a run would find: the CUDA device's name and memory, else `CPU only: N cores`."
+    if torch.cuda.is_available():
+        n, p = torch.cuda.device_count(), torch.cuda.get_device_properties(0)
+        return f"CUDA {p.name}, {p.total_memory / 2**30:.0f} GiB" + (f" (and {n - 1} more)" if n > 1 else "")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return "Apple MPS"
+    return f"CPU only: {os.cpu_count()} cores"
+
+def free_disk_bytes(folder:str|Path) -> tuple[Path, int]:
+    "(the nearest existing folder of `folder`, the bytes free on its file system)."
+    p = Path(folder).expanduser().resolve()
+    while not p.exists() and p != p.parent: p = p.parent
+    return p, shutil.disk_usage(p).free
+
+def pinned_versions(path:str|Path) -> dict:
+    "`name -> version` of the `name==version` lines of a pip constraints file."
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        req = line.split("#")[0].split(";")[0].strip()
+        if "==" in req and not req.startswith("-"):
+            name, version = (s.strip() for s in req.split("==", 1))
+            pins[name] = version
+    return pins
+
+def pin_mismatches(path:str|Path|None=None) -> dict|None:
+    "Installed versions against `constraints.txt` (default: the workbook's): `{pins, file, differ: {name: (installed, pinned)}, missing}`; None without the file."
+    path = Path(path) if path else workbook_root() / "constraints.txt"
+    if not path.is_file(): return None
+    differ, missing = {}, []
+    for name, want in (pins := pinned_versions(path)).items():
+        try: have = metadata.version(name)
+        except metadata.PackageNotFoundError: missing.append(name); continue
+        if have != want: differ[name] = (have, want)
+    return dict(file=str(path), pins=len(pins), differ=differ, missing=missing)
+
+def _size(n:int) -> str: return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+def environment_checklist(cfg:Config, output_dir:str|Path, sizes:dict) -> list[tuple[str, str]]:
+    """The guide's environment items as `(ok|warn, message)` lines (`check-data` prints them): accelerator, free disk space for the
+    run's checkpoints (`sizes`: `train.checkpoint_sizes(cfg)`), package versions against the pins. An accelerator the configuration
+    asks for but cannot have, or too little disk space, raises `CardiacDreamerError`."""
+    acc, wanted, out = accelerator_summary(), cfg.training.accelerator, []
+    if wanted in ("gpu", "cuda") and not acc.startswith("CUDA"):
+        raise CardiacDreamerError(f"training.accelerator is {wanted!r} but no CUDA device is visible ({acc}); "
+                                  "use --set training.accelerator=auto (or cpu), or check the CUDA driver")
+    out.append(("ok", f"accelerator: {acc}"))
+    folder, free = free_disk_bytes(output_dir)
+    need = (f"a run keeps about {_size(sizes['run'])} of checkpoints (top-{sizes['top_k']} + last.ckpt {_size(sizes['full'])} each, "
+            f"final_model.ckpt {_size(sizes['weights'])})")
+    if free < sizes["run"]:
+        raise CardiacDreamerError(f"{folder}: {_size(free)} free, but {need}; free some space, choose another --output_dir, or keep "
+                                  "fewer checkpoints (--set training.save_top_k=1)")
+    out.append(("ok", f"disk: {_size(free)} free for {output_dir}; {need}"))
+    pins = pin_mismatches()
+    if pins is None: out.append(("ok", "packages: constraints.txt not found (an installed package): versions not compared with the pins"))
+    elif pins["differ"]:
+        out.append(("warn", f"packages: {len(pins['differ'])} of {pins['pins']} differ from {pins['file']}: "
+                    + ", ".join(f"{k} {have} (pinned {want})" for k, (have, want) in pins["differ"].items())
+                    + " (results may differ from the project's; `make` installs the pins)"))
+    else: out.append(("ok", "packages: installed versions match the pins in constraints.txt"
+                      + (f" (not installed: {', '.join(pins['missing'])})" if pins["missing"] else "")))
+    return out
+
 # %% ../nbs/11_runs.ipynb #ff2d11aa
 def _merge(a:dict, b:dict) -> dict:
     "Recursive dict merge (b wins)."
@@ -154,6 +222,25 @@ def is_main_process() -> bool:
         if os.environ.get(k): return int(os.environ[k]) == 0
     return True
 
+COMMAND_ENV = "CARDIAC_DREAMER_COMMAND"  # set by the CLI for the processes and kernels it starts
+
+def _as_typed(argv:list) -> str:
+    "A process's command line as a user types it: an entry-point script without its interpreter, by name (`papermill ...`)."
+    a = [str(x) for x in argv]
+    if len(a) > 1 and Path(a[0]).name.startswith("python") and Path(a[1]).parent.name in ("bin", "Scripts"): a = a[1:]
+    if a and Path(a[0]).parent.name in ("bin", "Scripts"): a[0] = Path(a[0]).name
+    return shlex.join(a)
+
+def launch_command() -> str:
+    "The command line that started this run: the CLI's (`CARDIAC_DREAMER_COMMAND`), the parent's for a notebook kernel or a torchrun worker, else this process's."
+    if os.environ.get(COMMAND_ENV): return os.environ[COMMAND_ENV]
+    if Path(sys.argv[0]).name == "ipykernel_launcher.py" or os.environ.get("TORCHELASTIC_RUN_ID"):
+        try: parent = _as_typed(psutil.Process().parent().cmdline())
+        except (psutil.Error, AttributeError): parent = ""  # no parent, or not allowed to read it
+        if "torchrun" in parent or "papermill" in parent: return parent
+        return f"{parent} (interactive notebook)" if parent else "a notebook kernel (the command that started it is unknown)"
+    return _as_typed([sys.executable, *sys.argv])
+
 def _sample_frames(dm, per_split=4):
     "A few (caption, uint8 image) per split, evenly spread over the split's transitions."
     out = {}
@@ -177,7 +264,7 @@ def record_experiment(run_dir:str|Path, cfg:Config, dm:CardiacDataModule, **extr
     "Write `experiment_config.json`: resolved config, versions, git commit, data fingerprint, splits."
     rec = dict(config=config_to_dict(cfg), packages=package_versions(), environment=environment_info(), git_commit=git_commit(),
                data_dir=str(Path(cfg.data.data_dir).resolve()), data_fingerprint=data_fingerprint(dm.index),
-               splits=dm.splits.to_dict(), normalization=dm.stats.to_dict(), command=" ".join(sys.argv),
+               splits=dm.splits.to_dict(), normalization=dm.stats.to_dict(), command=launch_command(),
                created=_dt.datetime.now().isoformat(timespec="seconds"), **extra)
     atomic_write_json(Path(run_dir) / "experiment_config.json", rec)
     save_config(cfg, Path(run_dir) / "config.yaml")

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 import signal
 from pathlib import Path
 
@@ -14,12 +16,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import CardiacDreamerError, LossConfig, atomic_writer
+from .config import CardiacDreamerError, LossConfig, atomic_path, atomic_writer
 from .geometry import POSE_AXES
 from .losses import CardiacDreamerLoss
 from .model import CardiacDreamer, model_checkpoint_payload
@@ -27,9 +29,9 @@ from .model import CardiacDreamer, model_checkpoint_payload
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MONITOR', 'LR_METRIC', 'SCHEDULERS', 'metric_names', 'CardiacDreamerSystem', 'NonFiniteLossError',
-           'NonFiniteLossGuard', 'AtomicCheckpointIO', 'epoch_seed', 'EpochSeeding', 'InterruptCheckpoint',
-           'standard_callbacks', 'TextProgressBar']
+__all__ = ['MONITOR', 'LR_METRIC', 'SCHEDULERS', 'BEST_NAME', 'metric_names', 'CardiacDreamerSystem', 'NonFiniteLossError',
+           'NonFiniteLossGuard', 'AtomicCheckpointIO', 'link_or_copy', 'BestCheckpoint', 'epoch_seed', 'EpochSeeding',
+           'InterruptCheckpoint', 'standard_callbacks', 'TextProgressBar']
 
 # %% ../nbs/09_system.ipynb #1fd842e9
 MONITOR = "val_main_task_loss"  # the metric checkpoints and early stopping follow
@@ -186,6 +188,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
+# %% ../nbs/09_system.ipynb #119207bf
+BEST_NAME = "best.ckpt"  # the current best top-k checkpoint, under the name the guide uses
+
+def link_or_copy(src, dst) -> Path:
+    "Atomically make `dst` hold `src`'s content: a hard link where the file system allows it, else a copy."
+    src, dst = Path(src), Path(dst)
+    with atomic_path(dst, fsync_dir_after=True) as tmp:
+        tmp.unlink()
+        try: os.link(src, tmp)
+        except OSError: shutil.copyfile(src, tmp)  # no hard links here (some network or FAT file systems)
+    return dst
+
+class BestCheckpoint(ModelCheckpoint):
+    "`ModelCheckpoint` of the top-k by `val_main_task_loss` that also keeps `best.ckpt` = the current best file (see `link_or_copy`)."
+    def _save_checkpoint(self, trainer, filepath):
+        super()._save_checkpoint(trainer, filepath)
+        if filepath != self.best_model_path or not trainer.is_global_zero or "://" in str(filepath): return
+        link_or_copy(filepath, Path(filepath).parent / BEST_NAME)
+
 # %% ../nbs/09_system.ipynb #ab190748
 def epoch_seed(seed:int, epoch:int, *streams:int) -> int:
     "A 32-bit seed that depends only on `(seed, epoch, *streams)`."
@@ -245,9 +266,8 @@ def standard_callbacks(checkpoint_dir,               # where top-k, last and int
                        save_top_k:int=3,             # best checkpoints kept
                        seed:int|None=None,           # training.seed: re-seed every epoch from (seed, epoch); None = don't
                       ) -> list[Callback]:
-    "Top-k checkpoints by `val_main_task_loss`, `last.ckpt` every epoch, early stopping, the non-finite loss guard, interruption checkpoints, epoch seeding."
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    best = ModelCheckpoint(dirpath=str(checkpoint_dir), filename="cardiac_dreamer-{epoch:02d}-{val_main_task_loss:.4f}",
+    "Top-k checkpoints by `val_main_task_loss` (+ `best.ckpt`), `last.ckpt` every epoch, early stopping, the non-finite loss guard, interruption checkpoints, epoch seeding."
+    best = BestCheckpoint(dirpath=str(checkpoint_dir), filename="cardiac_dreamer-{epoch:02d}-{val_main_task_loss:.4f}",
                            monitor=MONITOR, mode="min", save_top_k=save_top_k)
     last = ModelCheckpoint(dirpath=str(checkpoint_dir), filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     stop = EarlyStopping(monitor=MONITOR, mode="min", patience=early_stop_patience, check_finite=True)

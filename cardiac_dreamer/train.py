@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import signal
@@ -22,10 +23,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from PIL import Image
 
-from .config import CardiacDreamerError, Config, atomic_write_text, config_to_dict
+from .config import CardiacDreamerError, Config, atomic_write_text, atomic_writer, config_to_dict
 from .data import IMAGE_KEYS, JSON_NAME, DataProblem, DataValidationError
 from .datamodule import CardiacDataModule
-from .model import CardiacDreamer, CheckpointError, load_checkpoint_file, tune_cpu_allocator
+from .model import (CHECKPOINT_KEY, CardiacDreamer, CheckpointError, load_checkpoint_file, model_checkpoint_payload,
+                                   tune_cpu_allocator)
 from .plots import plot_training_summary, save_figure, summarize_metrics
 from .runs import (csv_metrics, is_main_process, read_status, record_dataset, record_experiment, write_status)
 from .system import MONITOR, AtomicCheckpointIO, CardiacDreamerSystem, InterruptCheckpoint, standard_callbacks
@@ -33,8 +35,9 @@ from .system import MONITOR, AtomicCheckpointIO, CardiacDreamerSystem, Interrupt
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'build_datamodule', 'build_model', 'build_system', 'DurableCSVLogger', 'build_trainer', 'check_frames',
-           'check_resume_checkpoint', 'TrainingInterrupted', 'record_stop', 'TrainingRun', 'prepare_run', 'train_model',
+__all__ = ['log', 'FINAL_MODEL_NAME', 'build_datamodule', 'build_model', 'build_system', 'DurableCSVLogger', 'build_trainer',
+           'check_frames', 'check_resume_checkpoint', 'save_final_model', 'checkpoint_sizes', 'flat_config',
+           'log_config_hparams', 'TrainingInterrupted', 'record_stop', 'TrainingRun', 'prepare_run', 'train_model',
            'finish_run', 'fit']
 
 # %% ../nbs/12_train.ipynb #c9022dc0
@@ -131,6 +134,12 @@ def check_frames(index) -> None:
 
 # %% ../nbs/12_train.ipynb #da5fc288
 _TRAINING_STATE = ("epoch", "global_step", "loops", "optimizer_states", "lr_schedulers", "callbacks")
+FINAL_MODEL_NAME = "final_model.ckpt"
+
+def _last_ckpt_of(ckpt:Path) -> str:
+    "The `last.ckpt` of the run `ckpt` belongs to, when it exists; else the generic `RUN/checkpoints/last.ckpt`."
+    last = (ckpt.parent if ckpt.parent.name == "checkpoints" else ckpt.parent / "checkpoints") / "last.ckpt"
+    return str(last) if last.is_file() else "RUN/checkpoints/last.ckpt"
 
 def check_resume_checkpoint(ckpt:str|Path) -> dict:
     "Load a checkpoint safely and check that it can resume training; `CheckpointError` naming the file otherwise."
@@ -138,12 +147,50 @@ def check_resume_checkpoint(ckpt:str|Path) -> dict:
     d = load_checkpoint_file(ckpt)  # torch.load(weights_only=True): truncated, corrupt, foreign or unsafe files are refused here
     missing = [k for k in _TRAINING_STATE if k not in d]
     if missing:
-        raise CheckpointError(f"{ckpt}: cannot resume training from it: it has no {', '.join(missing)} (weights only); resume from "
-                              "RUN/checkpoints/last.ckpt, or load it with CardiacDreamer.from_checkpoint for evaluation")
+        what = ("final_model.ckpt holds the weights, configuration and normalisation only (no optimiser, scheduler or loop state)"
+                if ckpt.name == FINAL_MODEL_NAME else f"it has no {', '.join(missing)} (weights only)")
+        raise CheckpointError(f"{ckpt}: cannot resume training from it: {what}; resume from {_last_ckpt_of(ckpt)}, or load it with "
+                              "CardiacDreamer.from_checkpoint for evaluation")
     if ckpt.name == "interrupted.ckpt":
         log.warning("%s was written in the middle of an epoch: training continues from there, but only a resume from last.ckpt "
                     "repeats an uninterrupted run exactly", ckpt)
     return d
+
+# %% ../nbs/12_train.ipynb #79c099bf
+def save_final_model(trainer:L.Trainer, path:str|Path) -> Path:
+    "Write the weights, configuration, normalisation and hyperparameters of `trainer`'s system to `path` (atomically, rank 0)."
+    system = trainer.lightning_module
+    sd = trainer.strategy.lightning_module_state_dict()  # on every rank: sharded strategies gather the weights here
+    if trainer.is_global_zero:
+        ckpt = {"state_dict": sd, "hyper_parameters": dict(system.hparams), "pytorch-lightning_version": L.__version__,
+                CHECKPOINT_KEY: model_checkpoint_payload(system.model, system.full_config)}
+        with atomic_writer(path, "wb", fsync_dir_after=True) as f: torch.save(ckpt, f)
+    trainer.strategy.barrier("save_final_model")
+    return Path(path)
+
+def checkpoint_sizes(cfg:Config) -> dict:
+    "Bytes of a run's checkpoint files for `cfg`, from the parameter counts: `weights` (final_model.ckpt), `full` (+ AdamW's two moments), `run` (all kept files)."
+    with torch.device("meta"): m = CardiacDreamer(dataclasses.replace(cfg.model, backbone_weights="none"))  # shapes only
+    weights = sum(t.numel() * t.element_size() for t in m.state_dict().values())
+    moments = 2 * sum(p.numel() * p.element_size() for p in m.parameters() if p.requires_grad)
+    k = cfg.training.save_top_k if cfg.training.save_top_k >= 0 else cfg.training.max_epochs  # -1 keeps every epoch's
+    files = {"top_k": k * (weights + moments), "last.ckpt": weights + moments, "best.ckpt": 0, FINAL_MODEL_NAME: weights}
+    return dict(weights=weights, full=weights + moments, top_k=k, files=files, run=sum(files.values()))
+
+# %% ../nbs/12_train.ipynb #05c2476f
+def flat_config(cfg:Config) -> dict:
+    "`{'section.key': value}` of the resolved configuration, every value a bool, number or string (lists and None as text)."
+    return {f"{sec}.{k}": v if isinstance(v, (bool, int, float, str)) else str(v)
+            for sec, body in config_to_dict(cfg).items() for k, v in body.items()}
+
+def log_config_hparams(trainer:L.Trainer, cfg:Config, metrics:dict) -> dict:
+    "Log the flattened configuration with `metrics` (as `hp/NAME`) to the TensorBoard HParams tab of the run; returns what was logged."
+    hp = {f"hp/{k}": float(v) for k, v in metrics.items() if v is not None}
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(flat_config(cfg), metrics=hp, step=trainer.global_step)
+            lg.save(); lg.experiment.flush()
+    return hp
 
 # %% ../nbs/12_train.ipynb #279e6ac7
 class TrainingInterrupted(KeyboardInterrupt):
@@ -174,9 +221,9 @@ def _check_run_folder_free(run_dir:Path, resumed:bool=False):
                                   f"folder, or continue that run with --resume_from_checkpoint {run_dir / 'checkpoints' / 'last.ckpt'}")
 
 def _remove_stale_temporaries(run_dir:Path):
-    "Delete the temporary files of atomic writes that a killed run left behind (`.NAME.*.tmp`)."
+    "Delete the temporary files of atomic writes that a killed run left behind (`.STEM.*.tmp.SUFFIX`, see `config.atomic_path`)."
     for d in (run_dir, run_dir / "checkpoints"):
-        for p in d.glob(".*.tmp"):
+        for p in d.glob(".*.tmp*"):
             if p.is_file(): p.unlink(missing_ok=True)
 
 # %% ../nbs/12_train.ipynb #170cb1ba
@@ -256,12 +303,14 @@ def _plain(d:dict) -> dict:
 def _finish(run:TrainingRun, test:bool) -> dict:
     tr = run.trainer
     last_val = tr.callback_metrics.get(MONITOR)
-    tr.save_checkpoint(run.run_dir / "final_model.ckpt")
+    save_final_model(tr, run.run_dir / FINAL_MODEL_NAME)
     ckpt = tr.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     if test and run.dm.test_ds is not None and len(run.dm.test_ds):
         res = tr.test(run.system, datamodule=run.dm, ckpt_path=best, verbose=False, weights_only=True)
         run.test_metrics = _plain(res[0]) if res else {}
+    best_score = float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None
+    log_config_hparams(tr, run.cfg, dict(best_val_main_task_loss=best_score, last_val_main_task_loss=last_val, **run.test_metrics))
     summary = {}
     if is_main_process():
         metrics = csv_metrics(run.run_dir)
@@ -269,14 +318,14 @@ def _finish(run:TrainingRun, test:bool) -> dict:
             save_figure(plot_training_summary(metrics), run.run_dir / "plots" / "training_summary.png")
             summary = summarize_metrics(metrics)
         write_status(run.run_dir, "finished", None, best_checkpoint=best, epochs=tr.current_epoch,
-                     best_val_main_task_loss=float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
+                     best_val_main_task_loss=best_score,
                      last_val_main_task_loss=float(last_val) if last_val is not None else None, fit_seconds=run.fit_seconds,
                      test_metrics=run.test_metrics)
-    return dict(run_dir=str(run.run_dir), best_checkpoint=best, final_checkpoint=str(run.run_dir / "final_model.ckpt"),
+    return dict(run_dir=str(run.run_dir), best_checkpoint=best, final_checkpoint=str(run.run_dir / FINAL_MODEL_NAME),
                 test_metrics=run.test_metrics, summary=summary)
 
 def finish_run(run:TrainingRun, test:bool=True) -> dict:
-    "Save `final_model.ckpt`, test the best checkpoint, draw `plots/training_summary.png`, mark the run finished."
+    "Save `final_model.ckpt` (weights only), test the best checkpoint, log the configuration and results to the HParams tab, draw `plots/training_summary.png`, mark the run finished."
     try: return _finish(run, test)
     except BaseException as e:
         record_stop(run.run_dir, e)

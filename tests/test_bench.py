@@ -30,8 +30,9 @@ def record(tmp_path_factory):
 def test_record_has_every_section(record):
     assert record["schema"] == SCHEMA and record["mode"] == "quick" and record["device"] == "cpu"
     for key in ("created", "command", "machine", "packages", "git_commit", "allocator_tuned", "settings", "ceiling", "configs",
-                "scale", "targets", "mfu", "process_peak_rss_gib", "elapsed_s", "targets_reference"):
+                "scale", "targets", "mfu", "process_peak_rss_gib", "elapsed_s", "targets_reference", "help_s"):
         assert key in record, key
+    assert _finite_positive(record["help_s"]) and len(record["help"]["samples_s"]) == 3  # `cardiac-dreamer --help`, median of 3
     m = record["machine"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] == 1 and m["memory_gib"] > 0
     assert len(m["load_average"]) == 3 and len(m["load_average_end"]) == 3

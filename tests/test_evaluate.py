@@ -161,11 +161,14 @@ def test_cv_continue_skips_finished(cv_run):
 
 
 def test_evaluate_command(cv_run, tiny_phantom, capsys):
-    """`evaluate --checkpoint` writes the report, metrics and predictions into the checkpoint's run folder by default."""
+    """`evaluate --checkpoint RUN/checkpoints/best.ckpt` (the guide's command) writes the report, metrics and predictions into
+    the checkpoint's run folder by default."""
     from cardiac_dreamer.studies import best_checkpoint
     fd = cv_run / "fold_1"
+    best = fd / "checkpoints" / "best.ckpt"
+    assert best.read_bytes() == Path(best_checkpoint(fd)).read_bytes()  # the run's best top-k checkpoint
     (fd / "metrics.json").unlink(); (fd / "predictions.csv").unlink()
-    run("evaluate", "--checkpoint", best_checkpoint(fd), "--no_progress")
+    run("evaluate", "--checkpoint", best, "--no_progress")
     assert "Report:" in capsys.readouterr().out
     check_report(fd, "eval_report")
     m = check_metrics_match_predictions(fd)

@@ -252,7 +252,7 @@ io.save_checkpoint({{"epoch": 2, "w": torch.zeros(100000)}}, {str(target)!r})
     ck = _ckpt(target)
     assert ck["epoch"] == 1 and float(ck["w"][-1]) == 99999.0
     leftovers = [p for p in target.parent.iterdir() if p.name != "last.ckpt"]
-    assert len(leftovers) == 1 and leftovers[0].name.startswith(".last.ckpt.") and leftovers[0].suffix == ".tmp"
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".last.") and leftovers[0].name.endswith(".tmp.ckpt")  # atomic_path
     from cardiac_dreamer.train import _remove_stale_temporaries  # what a resumed run does first
     _remove_stale_temporaries(tmp_path)
     assert os.listdir(target.parent) == ["last.ckpt"]
