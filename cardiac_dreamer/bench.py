@@ -28,9 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import psutil
-import seaborn as sns
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -39,7 +37,6 @@ from .config import BenchTargets, CardiacDreamerError, Config, atomic_write_json
 from .data import JSON_NAME, index_dataset, write_seed_patient
 from .datamodule import CardiacDataModule
 from .model import CardiacDreamer, parameter_counts, tune_cpu_allocator
-from .plots import _new_figure, _themed
 from .train import build_system
 from .runs import git_commit, package_versions, resolve_config, resolve_path
 
@@ -48,7 +45,7 @@ _log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['SCHEMA', 'DEFAULT_CONFIGS', 'QUICK_CONFIGS', 'PeakMemory', 'matmul_gflops', 'count_flops', 'make_train_step',
            'bench_train_step', 'bench_inference', 'synthetic_dataset', 'bench_data', 'bench_index', 'bench_help',
-           'machine_info', 'evaluate_targets', 'run_benchmark', 'format_table', 'plot_benchmark']
+           'machine_info', 'evaluate_targets', 'run_benchmark']
 
 # %% ../nbs/18_bench.ipynb #abb800a9
 SCHEMA = "cardiac-dreamer-bench/1"  # version of the JSON layout
@@ -573,80 +570,3 @@ def _run(configs, device, quick, out, batch_size, workers, scale, data_dir, comp
     res["elapsed_s"] = time.perf_counter() - t0
     if out is not None: atomic_write_json(out, res)
     return res
-
-# %% ../nbs/18_bench.ipynb #dc0c466e
-def _f(v, fmt:str="{:.3g}", none:str="–") -> str: return none if v is None else fmt.format(v)
-
-def _md(header:list, rows:list) -> str:
-    "A Markdown pipe table."
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-def format_table(result:dict) -> str:
-    "The benchmark's headline figures as Markdown tables (printed by `cardiac-dreamer bench`, pasted into the README)."
-    m, c = result["machine"], result["ceiling"]
-    load = f"load average {_f(m['load_average'][0], '{:.2f}')} at start, {_f((m.get('load_average_end') or [None])[0], '{:.2f}')} at end" \
-        if m.get("load_average") else ""
-    head = (f"**cardiac-dreamer bench** ({result['mode']}, {result['device']}: {m['cpu']}, {m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}; {load}); "
-            f"fp32 matmul ceiling {_f(c['fp32_gflops'], '{:.1f}')} GFLOP/s ({c['size']}³) at the start"
-            + (f", bf16 {_f(c['bf16_gflops'], '{:.1f}')}" if c.get("bf16_gflops") else "")
-            + "; `ceiling` below: the median of the products timed between that config's training steps, which `mfu` divides by")
-    rows = []
-    for name, r in result["configs"].items():
-        for key in ("train_step", "train_step_bf16"):
-            t = r.get(key)
-            if not t: continue
-            i = r["inference"]
-            rows.append([name + (" bf16" if key.endswith("bf16") else ""), t["batch_size"], _f(t["flops_per_sample"] / 1e9, "{:.1f}"),
-                         _f(t["median_step_s"], "{:.3g}"), _f(t["samples_per_s"], "{:.3g}"), _f(t["achieved_gflops"], "{:.1f}"),
-                         _f(t["median_ceiling_gflops"], "{:.1f}"), _f(t["mfu"], "{:.2f}"), _f(t["peak_rss_gib"], "{:.2f}"),
-                         _f(i["batch1_p50_ms"], "{:.1f}"), _f(i["batch1_p95_ms"], "{:.1f}"), _f(i["throughput_samples_per_s"], "{:.1f}")])
-    train = _md(["config", "batch", "GFLOP/sample", "step s", "samples/s", "GFLOP/s", "ceiling", "mfu", "peak GiB",
-                 "p50 ms (b=1)", "p95 ms (b=1)", "frames/s (b=32)"], rows)
-    keys = list(dict.fromkeys(k for r in result["configs"].values() for k in r["data"]["settings"]))
-    cell = lambda s: "–" if s is None else f"{_f(s['samples_per_s'], '{:.0f}')} ({_f(s['ratio_to_model'], '{:.0f}')}×)"
-    drows = [[name] + [cell(r["data"]["settings"].get(k)) for k in keys] for name, r in result["configs"].items()]
-    data = _md(["data: samples/s (× the step's)"] + [k.replace("_workers", ", workers ") for k in keys], drows)
-    parts = [head, "", train, "", data]
-    if result.get("help_s") is not None:
-        parts += ["", f"`cardiac-dreamer --help` starts in {result['help_s']:.2f} s (median of {len(result['help']['samples_s'])} fresh processes)."]
-    if result.get("scale"):
-        s = result["scale"]
-        parts += ["", f"Indexing {s['patients']} patients × {s['transitions_per_patient']:,} transitions ({s['image_files']:,} frame files): "
-                      f"{s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU, peak {s['peak_rss_gib']:.2f} GiB."]
-    trows = [[k, t["what"], f"{t['comparison']} {t['target']:g}", _f(t["measured"], "{:.3g}"),
-              {True: "met", False: "missed", None: "not measured"}[t["met"]]] for k, t in result["targets"].items()]
-    return "\n".join(parts + ["", _md(["target", "measure", "goal", "measured", "result"], trows)])
-
-# %% ../nbs/18_bench.ipynb #808df580
-@_themed
-def plot_benchmark(result:dict): # a `run_benchmark` record (or its JSON, loaded)
-    "Four panels: achieved vs ceiling GFLOP/s, data throughput vs the step's consumption, single-frame latency, peak memory."
-    names = list(result["configs"])
-    fig, targets = _new_figure((13, 8.5)), BenchTargets()
-    ax = fig.subplots(2, 2)
-    t = pd.DataFrame([dict(config=n, kind=k, gflops=v) for n in names for k, v in
-                      (("achieved", result["configs"][n]["train_step"]["achieved_gflops"]),
-                       ("ceiling (same run)", result["configs"][n]["train_step"]["median_ceiling_gflops"]))])
-    sns.barplot(t, x="config", y="gflops", hue="kind", ax=ax[0, 0])
-    for n, bar in zip(names, ax[0, 0].containers[0]):
-        ax[0, 0].annotate(f"mfu {result['configs'][n]['train_step']['mfu']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                          ha="center", va="bottom", fontsize=9)
-    ax[0, 0].set(title="Training step: achieved vs fp32 matmul ceiling", ylabel="GFLOP/s", xlabel="", ylim=(0, 1.3 * t["gflops"].max()))
-    ax[0, 0].legend(loc="upper center", ncol=2, fontsize=9)
-    d = pd.DataFrame([dict(config=n, setting=k.replace("_workers", " w"), samples_per_s=s["samples_per_s"])
-                      for n in names for k, s in result["configs"][n]["data"]["settings"].items()])
-    sns.barplot(d, x="setting", y="samples_per_s", hue="config", ax=ax[0, 1]); ax[0, 1].set_yscale("log")
-    for n, col in zip(names, sns.color_palette(n_colors=len(names))):
-        ax[0, 1].axhline(result["configs"][n]["train_step"]["samples_per_s"], color=col, ls="--", lw=1.2, label=f"{n}: training step")
-    ax[0, 1].legend(fontsize=8); ax[0, 1].set(title="Data pipeline vs the training step's consumption", ylabel="samples/s", xlabel="")
-    lat = pd.DataFrame([dict(config=n, ms=v) for n in names for v in result["configs"][n]["inference"]["batch1_ms"]])
-    sns.boxplot(lat, x="config", y="ms", ax=ax[1, 0], showfliers=False); sns.stripplot(lat, x="config", y="ms", ax=ax[1, 0], color="0.3", size=3)
-    ax[1, 0].axhline(targets.latency_p50_ms, color="C3", ls="--", lw=1.2, label="target p50")
-    ax[1, 0].legend(fontsize=8); ax[1, 0].set(title="predict_action latency, 1 frame", ylabel="ms", xlabel="")
-    mem = pd.DataFrame([dict(config=n, phase=ph, gib=result["configs"][n][k]["peak_rss_gib"]) for n in names
-                        for ph, k in (("training step", "train_step"), ("inference", "inference"))])
-    sns.barplot(mem, x="config", y="gib", hue="phase", ax=ax[1, 1])
-    ax[1, 1].axhline(targets.peak_rss_gib, color="C3", ls="--", lw=1.2, label="target (training step)")
-    ax[1, 1].legend(fontsize=8); ax[1, 1].set(title="Peak resident memory", ylabel="GiB", xlabel="")
-    return fig

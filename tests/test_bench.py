@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from cardiac_dreamer.bench import SCHEMA, format_table
+from cardiac_dreamer.bench import SCHEMA
+from cardiac_dreamer.bench_report import format_table
 from cardiac_dreamer.cli import build_parser
 from cardiac_dreamer.config import BenchTargets
 
