@@ -93,7 +93,6 @@ def test_defaults_a_laptop_can_run():
     assert "demo" in helps["config"] and "production" in helps["config"] and "YAML" in helps["config"]
 
 
-@pytest.mark.xfail(reason="nbs/train.ipynb (W8) still defaults to configs/debug.yaml; the report gives the one-line edit")
 def test_notebook_default_agrees_with_the_cli():
     nb = json.loads((ROOT / "nbs" / "train.ipynb").read_text())
     params = next("".join(c["source"]) for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
