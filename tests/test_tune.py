@@ -1,6 +1,7 @@
 """`cardiac-dreamer tune` (issue 16): a 4-trial Optuna search with pruning on the debug configuration, run as 2 trials and then
 continued from its SQLite storage to 4 (the second half on a local Ray cluster), with its report."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,3 +59,12 @@ def test_panel_search_shows_trials(tiny_phantom, tmp_path):
     df = p.search_trials_df
     assert df.state.tolist() == ["complete"] and {"training.lr", "model.dropout"} <= set(df.columns), df
     assert "complete" in p.search_table.value and "tune_report.html" in p.search_status.value
+
+
+def test_shipped_search_space_is_valid_for_the_demo():
+    "The README's `tune --space configs/search_space.yaml` works: every range end and choice is a valid demo configuration."
+    from cardiac_dreamer.tune import check_space, load_space
+    root = Path(__file__).resolve().parents[1]
+    space = load_space(root / "configs" / "search_space.yaml")
+    assert {"training.lr", "model.dropout"} <= set(space) and space["training.lr"]["log"]
+    check_space(space, root / "configs" / "demo.yaml")
