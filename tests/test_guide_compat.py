@@ -201,3 +201,29 @@ def test_shipped_config_by_name_from_anywhere(tmp_path, monkeypatch):
     assert str(Path.cwd()) in msg and str(package_root() / "configs") in msg and "debug, demo, production" in msg
     (tmp_path / "demo.yaml").write_text("training:\n  max_epochs: 1\n")  # a file in the working directory comes first
     assert load_config("demo.yaml").training.max_epochs == 1
+
+
+def _readme_guide_commands() -> list:
+    "The `cardiac-dreamer ...` commands of the README's 'Coming from the training guide' table."
+    import re
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Coming from the training guide", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"\| `(cardiac-dreamer [^`]+)` \|", section)
+
+
+def test_readme_guide_table_lists_the_guide_commands():
+    cmds = _readme_guide_commands()
+    assert len(cmds) >= 5, cmds
+    for opt in ("--manual_splits", "--resume_from_checkpoint", "--config production", "--config debug", "best.ckpt"):
+        assert any(opt in c for c in cmds), opt
+
+
+@pytest.mark.parametrize("command", _readme_guide_commands())
+def test_readme_guide_commands_are_accepted(command):
+    "Every command of the table parses, and the configuration it names (a shipped name) loads: no refusal."
+    import shlex
+    from cardiac_dreamer.cli import build_parser
+    from cardiac_dreamer.config import load_config
+    args = build_parser().parse_args(shlex.split(command)[1:])  # SystemExit (exit 2) on a refused option
+    assert callable(args.func)
+    if getattr(args, "config", None): load_config(args.config)
