@@ -62,9 +62,11 @@ def test_panel_search_shows_trials(tiny_phantom, tmp_path):
 
 
 def test_shipped_search_space_is_valid_for_the_demo():
-    "The README's `tune --space configs/search_space.yaml` works: every range end and choice is a valid demo configuration."
+    "The README's `tune --space configs/search_spaces/demo.yaml` works: every range end and choice is a valid demo configuration."
     from cardiac_dreamer.tune import check_space, load_space
     root = Path(__file__).resolve().parents[1]
-    space = load_space(root / "configs" / "search_space.yaml")
+    space = load_space(root / "configs" / "search_spaces" / "demo.yaml")
     assert {"training.lr", "model.dropout"} <= set(space) and space["training.lr"]["log"]
     check_space(space, root / "configs" / "demo.yaml")
+    from cardiac_dreamer.config import shipped_configs
+    assert "demo" in shipped_configs() and not any("space" in n for n in shipped_configs())  # a search space is no configuration
