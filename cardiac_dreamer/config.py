@@ -49,6 +49,7 @@ CHOICES = {
     "data.split_mode": ("auto", "manual", "kfold"),
     "training.scheduler": ("cosine", "cosine_warm_restarts", "onecycle", "plateau", "none"),
     "training.precision": ("32", "16-mixed", "bf16-mixed"),
+    "training.matmul_precision": ("highest", "high", "medium"),
 }  # "section.key" -> allowed values
 
 # %% ../nbs/01_config.ipynb #a23bf973
@@ -252,6 +253,8 @@ class TrainConfig(_Section):
     gradient_clip_val: Optional[float] = 1.0  # gradient norm clip; null = no clipping
     accumulate_grad_batches: int = 1  # gradient accumulation steps
     precision: str = "32"  # "32", "16-mixed" or "bf16-mixed"
+    matmul_precision: str = "highest"  # torch.set_float32_matmul_precision: "highest", "high" (TF32 / bf16 passes) or "medium"
+    compile: bool = False  # torch.compile the model (inductor) before training; first steps are slower while it compiles
     accelerator: str = "auto"  # Lightning accelerator: "auto", "cpu", "gpu", ...
     devices: Union[int, str] = "auto"  # Lightning devices: "auto", a count, or -1 for all
     num_nodes: int = 1  # Lightning nodes

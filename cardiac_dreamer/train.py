@@ -250,6 +250,7 @@ def prepare_run(cfg:Config, run_dir:str|Path, resume_from:str|None=None, callbac
         _remove_stale_temporaries(run_dir)
         write_status(run_dir, "running", resumed_from=str(resume_from) if resume_from else None)
     if cfg.training.accelerator == "cpu" or not torch.cuda.is_available(): tune_cpu_allocator()  # see `model.tune_cpu_allocator`
+    torch.set_float32_matmul_precision(cfg.training.matmul_precision)
     try:
         L.seed_everything(cfg.training.seed, workers=True, verbose=False)
         if dm is None: dm = build_datamodule(cfg)
@@ -257,6 +258,7 @@ def prepare_run(cfg:Config, run_dir:str|Path, resume_from:str|None=None, callbac
         if main and not (run_dir / "dataset_stats.json").exists(): record_dataset(run_dir, dm)
         if main and not (run_dir / "experiment_config.json").exists(): record_experiment(run_dir, cfg, dm)
         system = build_system(cfg, build_model(cfg, dm.stats, dm.label_convention))
+        if cfg.training.compile: system.model.compile()  # in place: the state dict (checkpoint keys) is unchanged
         trainer = build_trainer(cfg, run_dir, callbacks=callbacks, progress=progress, **trainer_kwargs)
     except BaseException as e:
         record_stop(run_dir, e)
