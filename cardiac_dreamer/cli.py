@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -131,10 +132,11 @@ def cmd_check_data(args) -> int:
 def cmd_make_phantom(args) -> int:
     "Generate the phantom data set."
     from cardiac_dreamer.phantom import make_phantom  # lazy
+    t0 = time.perf_counter()
     try: folders = make_phantom(args.out_dir, patients=args.patients, transitions=args.transitions, sweep=args.sweep, seed=args.seed,
                                 image_size=args.image_size, progress=not args.no_progress)
     except FileExistsError as e: raise CardiacDreamerError(f"{e}: refusing to overwrite an existing data set; choose another OUT_DIR") from None
-    print(f"Wrote {len(folders)} phantom patients to {args.out_dir}")
+    print(f"Wrote {len(folders)} phantom patients to {args.out_dir} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 # %% ../nbs/19_cli.ipynb #3e175a24
@@ -221,14 +223,21 @@ def _warn_old_phantom(data_dir:Path):
 
 def cmd_demo(args) -> int:
     "Phantom data (if absent) -> check -> train with the demo config -> report path."
-    data_dir = Path(args.data_dir)
+    data_dir, times = Path(args.data_dir), {}
+    t = time.perf_counter()
     if not (data_dir.is_dir() and any(data_dir.iterdir())):
         cmd_make_phantom(argparse.Namespace(out_dir=str(data_dir), patients=args.patients, transitions=args.transitions, sweep=args.sweep,
                                             seed=args.seed, image_size=args.image_size, no_progress=args.no_progress))
+        times["phantom"] = time.perf_counter() - t
     else: _warn_old_phantom(data_dir)
+    t = time.perf_counter()
     cmd_check_data(argparse.Namespace(data_dir=str(data_dir), config=args.config, overrides=[], output_dir=args.output_dir))
+    times["check"], t = time.perf_counter() - t, time.perf_counter()
     args.data_dir = str(data_dir)
-    return cmd_train(args)
+    rc = cmd_train(args)
+    times["training and report"] = time.perf_counter() - t
+    print("demo timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))  # with make's "install: N s", the whole wall time
+    return rc
 
 # %% ../nbs/19_cli.ipynb #1a9f8a0c
 def _phantom_args(p:argparse.ArgumentParser, when:str=""):
