@@ -22,6 +22,31 @@ def _md(header:list, rows:list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
+def _runtime_tables(result:dict) -> list:
+    "The cache build, ONNX Runtime beside PyTorch and the guide's frames/s, per configuration (lines of Markdown; none in older records)."
+    cs, out = result["configs"], []
+    builds = [[n, b["setting"].replace("_workers", ", workers "), _f(b["seconds"], "{:.3g}"), b["samples"], _f(b["samples_per_s"], "{:.0f}"),
+               _f(b["cached_samples_per_s"], "{:.0f}"), _f(b["decode_ms_per_frame"], "{:.2f}"), b["epoch_frames"], _f(b["first_epoch_decode_s"], "{:.3g}")]
+              for n, r in cs.items() if (b := r["data"].get("cache_build"))]
+    if builds:
+        out += ["", _md(["cache build (first epoch, empty cache)", "setting", "s", "samples", "samples/s", "cached samples/s", "decode ms/frame",
+                         "first-epoch frames (train + val)", "first-epoch decode s"], builds)]
+    rows = []
+    for n, r in cs.items():
+        x, g = r.get("exported") or {}, r.get("guide") or {}
+        if not (x or g): continue
+        pt, ox = x.get("pytorch") or {}, x.get("onnx") or {}
+        rows.append([n, _f(pt.get("batch1_p50_ms"), "{:.1f}"), _f(pt.get("batch1_p95_ms"), "{:.1f}"), _f(ox.get("batch1_p50_ms"), "{:.1f}"),
+                     _f(ox.get("batch1_p95_ms"), "{:.1f}"), _f(x.get("onnx_p50_ratio"), "{:.2f}"), _f(pt.get("throughput_samples_per_s"), "{:.1f}"),
+                     _f(ox.get("throughput_samples_per_s"), "{:.1f}"), _f((g.get("pytorch") or {}).get("frames_per_s"), "{:.1f}"),
+                     _f((g.get("onnx") or {}).get("frames_per_s"), "{:.1f}")])
+    if rows:
+        frames = next((r["guide"]["pytorch"]["frames"] for r in cs.values() if r.get("guide")), None)
+        out += ["", _md(["CPU runtime", "PyTorch p50 ms (b=1)", "PyTorch p95 ms", "ONNX p50 ms (b=1)", "ONNX p95 ms", "ONNX / PyTorch p50",
+                         "PyTorch frames/s (b=32)", "ONNX frames/s (b=32)", f"guide frames/s, .ckpt ({_f(frames, '{}')} frames)",
+                         "guide frames/s, .onnx"], rows)]
+    return out
+
 def format_table(result:dict) -> str:
     "The benchmark's headline figures as Markdown tables (printed by `cardiac-dreamer bench`, pasted into the README)."
     m, c = result["machine"], result["ceiling"]
@@ -47,24 +72,45 @@ def format_table(result:dict) -> str:
     cell = lambda s: "–" if s is None else f"{_f(s['samples_per_s'], '{:.0f}')} ({_f(s['ratio_to_model'], '{:.0f}')}×)"
     drows = [[name] + [cell(r["data"]["settings"].get(k)) for k in keys] for name, r in result["configs"].items()]
     data = _md(["data: samples/s (× the step's)"] + [k.replace("_workers", ", workers ") for k in keys], drows)
-    parts = [head, "", train, "", data]
+    parts = [head, "", train, "", data] + _runtime_tables(result)
     if result.get("help_s") is not None:
         parts += ["", f"`cardiac-dreamer --help` starts in {result['help_s']:.2f} s (median of {len(result['help']['samples_s'])} fresh processes)."]
     if result.get("scale"):
         s = result["scale"]
         parts += ["", f"Indexing {s['patients']} patients × {s['transitions_per_patient']:,} transitions ({s['image_files']:,} frame files): "
                       f"{s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU, peak {s['peak_rss_gib']:.2f} GiB."]
-    trows = [[k, t["what"], f"{t['comparison']} {t['target']:g}", _f(t["measured"], "{:.3g}"),
+    trows = [[k, t.get("config") or "–", t["what"], f"{t['comparison']} {t['target']:g}", _f(t["measured"], "{:.3g}"),
               {True: "met", False: "missed", None: "not measured"}[t["met"]]] for k, t in result["targets"].items()]
-    return "\n".join(parts + ["", _md(["target", "measure", "goal", "measured", "result"], trows)])
+    return "\n".join(parts + ["", _md(["target", "config", "measure", "goal", "measured", "result"], trows)])
 
 # %% ../nbs/18_bench_report.ipynb #808df580
+def _runtime_panels(result:dict, names:list, ax_lat, ax_guide, targets:BenchTargets):
+    "Bottom row: ONNX Runtime vs PyTorch latency at batch 1, and the guide's frames/s per runtime against each configuration's target."
+    lat = pd.DataFrame([dict(config=n, runtime=f"{label} {q}", ms=x[k][f"batch1_{q}_ms"]) for n in names if (x := result["configs"][n].get("exported"))
+                        for k, label in (("pytorch", "PyTorch"), ("onnx", "ONNX")) if k in x for q in ("p50", "p95")])
+    if len(lat):
+        sns.barplot(lat, x="config", y="ms", hue="runtime", ax=ax_lat)
+        ax_lat.axhline(targets.latency_p95_ms, color="C3", ls="--", lw=1.2, label="target p95 (PyTorch)")
+        ax_lat.legend(fontsize=8)
+    else: ax_lat.text(0.5, 0.5, "not in this record", ha="center", transform=ax_lat.transAxes)
+    ax_lat.set(title=f"PyTorch vs ONNX Runtime, 1 frame (target ONNX / PyTorch p50 ≤ {targets.onnx_p50_ratio:g})", ylabel="ms", xlabel="")
+    fps = pd.DataFrame([dict(config=n, runtime={"pytorch": "PyTorch (.ckpt)", "onnx": "ONNX Runtime (.onnx)"}[k], fps=v["frames_per_s"])
+                        for n in names for k, v in (result["configs"][n].get("guide") or {}).items()])
+    if len(fps):
+        sns.barplot(fps, x="config", y="fps", hue="runtime", ax=ax_guide)
+        goal = {"demo": targets.guide_fps_demo, "production": targets.guide_fps_production}
+        lines = [(i, goal[n]) for i, n in enumerate(fps["config"].unique()) if n in goal]  # bar groups in order of appearance
+        for j, (i, y) in enumerate(lines): ax_guide.hlines(y, i - 0.45, i + 0.45, color="C3", ls="--", lw=1.2, label=None if j else "target")
+        ax_guide.legend(fontsize=8)
+    else: ax_guide.text(0.5, 0.5, "not in this record", ha="center", transform=ax_guide.transAxes)
+    ax_guide.set(title="`guide` end to end on a phantom sweep", ylabel="frames/s", xlabel="")
+
 @_themed
 def plot_benchmark(result:dict): # a `run_benchmark` record (or its JSON, loaded)
-    "Four panels: achieved vs ceiling GFLOP/s, data throughput vs the step's consumption, single-frame latency, peak memory."
+    "Six panels: achieved vs ceiling GFLOP/s, data throughput (and the cache's first epoch) vs the step's consumption, single-frame latency, peak memory, ONNX Runtime vs PyTorch, guide frames/s."
     names = list(result["configs"])
-    fig, targets = _new_figure((13, 8.5)), BenchTargets()
-    ax = fig.subplots(2, 2)
+    fig, targets = _new_figure((13, 12.5)), BenchTargets()
+    ax = fig.subplots(3, 2)
     t = pd.DataFrame([dict(config=n, kind=k, gflops=v) for n in names for k, v in
                       (("achieved", result["configs"][n]["train_step"]["achieved_gflops"]),
                        ("ceiling (same run)", result["configs"][n]["train_step"]["median_ceiling_gflops"]))])
@@ -75,11 +121,14 @@ def plot_benchmark(result:dict): # a `run_benchmark` record (or its JSON, loaded
     ax[0, 0].set(title="Training step: achieved vs fp32 matmul ceiling", ylabel="GFLOP/s", xlabel="", ylim=(0, 1.3 * t["gflops"].max()))
     ax[0, 0].legend(loc="upper center", ncol=2, fontsize=9)
     d = pd.DataFrame([dict(config=n, setting=k.replace("_workers", " w"), samples_per_s=s["samples_per_s"])
-                      for n in names for k, s in result["configs"][n]["data"]["settings"].items()])
+                      for n in names for k, s in result["configs"][n]["data"]["settings"].items()]
+                     + [dict(config=n, setting="cache build", samples_per_s=b["samples_per_s"])
+                        for n in names if (b := result["configs"][n]["data"].get("cache_build"))])
     sns.barplot(d, x="setting", y="samples_per_s", hue="config", ax=ax[0, 1]); ax[0, 1].set_yscale("log")
     for n, col in zip(names, sns.color_palette(n_colors=len(names))):
         ax[0, 1].axhline(result["configs"][n]["train_step"]["samples_per_s"], color=col, ls="--", lw=1.2, label=f"{n}: training step")
     ax[0, 1].legend(fontsize=8); ax[0, 1].set(title="Data pipeline vs the training step's consumption", ylabel="samples/s", xlabel="")
+    ax[0, 1].tick_params(axis="x", labelrotation=30)
     lat = pd.DataFrame([dict(config=n, ms=v) for n in names for v in result["configs"][n]["inference"]["batch1_ms"]])
     sns.boxplot(lat, x="config", y="ms", ax=ax[1, 0], showfliers=False); sns.stripplot(lat, x="config", y="ms", ax=ax[1, 0], color="0.3", size=3)
     ax[1, 0].axhline(targets.latency_p50_ms, color="C3", ls="--", lw=1.2, label="target p50")
@@ -89,4 +138,5 @@ def plot_benchmark(result:dict): # a `run_benchmark` record (or its JSON, loaded
     sns.barplot(mem, x="config", y="gib", hue="phase", ax=ax[1, 1])
     ax[1, 1].axhline(targets.peak_rss_gib, color="C3", ls="--", lw=1.2, label="target (training step)")
     ax[1, 1].legend(fontsize=8); ax[1, 1].set(title="Peak resident memory", ylabel="GiB", xlabel="")
+    _runtime_panels(result, names, ax[2, 0], ax[2, 1], targets)
     return fig

@@ -203,9 +203,9 @@ def cmd_bench(args) -> int:
     from cardiac_dreamer.bench_report import format_table  # lazy
     if not logging.getLogger().handlers: logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out or f"outputs/bench_{args.device}{'_quick' if args.quick else ''}.json"
+    preset = {k: v for k, v in (("steps", args.steps or None), ("guide_frames", args.guide_frames)) if v is not None}  # the rest: the mode's
     res = run_benchmark(args.config, args.device, args.quick, out, batch_size=args.batch_size or None, workers=args.workers,
-                        scale=args.scale, data_dir=args.data_dir, compile=args.compile, threads=args.threads,
-                        **({"steps": args.steps} if args.steps else {}))
+                        scale=args.scale, data_dir=args.data_dir, compile=args.compile, threads=args.threads, **preset)
     print(format_table(res))
     print(f"\nJSON: {out}")
     return 0
@@ -213,7 +213,7 @@ def cmd_bench(args) -> int:
 # %% ../nbs/18b_cli_studies.ipynb #16792286
 def _add_bench_command(subparsers) -> argparse.ArgumentParser:
     "Register `cardiac-dreamer bench` on the CLI's subparsers."
-    p = subparsers.add_parser("bench", help="performance benchmark: matmul ceiling, FLOPs, training step, MFU, data pipeline, latency, memory")
+    p = subparsers.add_parser("bench", help="performance benchmark: matmul ceiling, FLOPs, training step, MFU, data pipeline, latency (PyTorch, ONNX Runtime), guide frames/s, memory")
     p.add_argument("--config", action="append", default=None, metavar="YAML",
                    help="configuration to measure (repeatable; default: configs/production.yaml and configs/demo.yaml, "
                         "configs/debug.yaml with --quick); targets are checked on the first one")
@@ -224,6 +224,7 @@ def _add_bench_command(subparsers) -> argparse.ArgumentParser:
                    help="index the 200 x 1,000 scale data set (a tiny one with --quick); default: yes")
     p.add_argument("--batch_size", type=int, default=8, help="batch of the training step and the data pipeline; 0 = each config's own (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default: 5, or 2 with --quick)")
+    p.add_argument("--guide_frames", type=int, default=None, help="frames of the guide's end-to-end run per runtime, 0 = skip it (default: 600, or 24 with --quick)")
     p.add_argument("--workers", type=_ints, default=[0, 1, 2], help="DataLoader worker counts, comma-separated (default: 0,1,2)")
     p.add_argument("--data_dir", default=None, help="data set for the pipeline measurements (default: the config's, else synthetic)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for the training-step measurement")

@@ -596,10 +596,14 @@ class AblationArms:
 
 @dataclass(frozen=True)
 class BenchTargets:
-    "The benchmark's targets (`bench.evaluate_targets`), checked on the first configuration measured."
+    "The benchmark's targets (`bench.evaluate_targets`), checked on the first configuration measured (the guide's on `demo` and `production` by name)."
     mfu: float = 0.75  # training step: achieved GFLOP/s / same-run fp32 matmul ceiling, at least
     data_ratio: float = 10.0  # cached data pipeline samples/s / training-step samples/s, at least
     latency_p50_ms: float = 100.0  # predict_action p50 latency at batch 1 (ms), at most
+    latency_p95_ms: float = 100.0  # predict_action p95 latency at batch 1 (ms), at most
+    onnx_p50_ratio: float = 0.7  # ONNX Runtime p50 / predict_action p50 at batch 1 (timed interleaved in one run), at most
+    guide_fps_demo: float = 30.0  # `guide` end to end at the demo configuration (frames/s), from the .ckpt and from the .onnx each, at least
+    guide_fps_production: float = 10.0  # the same at the production configuration, at least
     peak_rss_gib: float = 6.0  # peak resident memory of the training step (GiB), at most
     scale_wall_s: float = 60.0  # index + validate the scale data set: wall seconds, at most
     scale_rss_gib: float = 2.0  # index + validate the scale data set: peak GiB, at most
