@@ -40,14 +40,15 @@ from .export import bench_exported
 from .guide import bench_guide
 from .model import CardiacDreamer, parameter_counts, tune_cpu_allocator
 from .train import build_system
+from .profiling import PHASE_PREFIX, profile_step
 from .runs import git_commit, package_versions, resolve_config, resolve_path
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['SCHEMA', 'DEFAULT_CONFIGS', 'QUICK_CONFIGS', 'PeakMemory', 'matmul_gflops', 'count_flops', 'make_train_step',
-           'bench_train_step', 'bench_inference', 'synthetic_dataset', 'bench_data', 'bench_index', 'bench_help',
-           'machine_info', 'evaluate_targets', 'run_benchmark']
+           'bench_train_step', 'bench_inference', 'profile_train_step', 'synthetic_dataset', 'bench_data',
+           'bench_index', 'bench_help', 'machine_info', 'evaluate_targets', 'run_benchmark']
 
 # %% ../nbs/18_bench.ipynb #abb800a9
 SCHEMA = "cardiac-dreamer-bench/1"  # version of the JSON layout
@@ -211,15 +212,18 @@ def make_train_step(cfg:Config, model, device, batch:dict) -> tuple:
     clip, params = cfg.training.gradient_clip_val, [p for p in model.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler(device.type) if cfg.training.precision == "16-mixed" else None
     state, count = {"via": "training_step"}, [0]
+    phase = lambda name: torch.profiler.record_function(PHASE_PREFIX + name)  # labels for `profiling.profile_step`; ~free otherwise
     def step():
         i = count[0] = count[0] + 1
-        with _autocast(cfg, device): loss = _training_loss(system, batch, i, state)
-        system.optimizer_zero_grad(0, i, opt)
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        if scaler is not None: scaler.unscale_(opt)
-        if clip: torch.nn.utils.clip_grad_norm_(params, clip)
-        if scaler is None: opt.step()
-        else: scaler.step(opt); scaler.update()
+        with phase("forward+loss"), _autocast(cfg, device): loss = _training_loss(system, batch, i, state)
+        with phase("zero_grad"): system.optimizer_zero_grad(0, i, opt)
+        with phase("backward"): (loss if scaler is None else scaler.scale(loss)).backward()
+        with phase("clip"):
+            if scaler is not None: scaler.unscale_(opt)
+            if clip: torch.nn.utils.clip_grad_norm_(params, clip)
+        with phase("optimizer"):
+            if scaler is None: opt.step()
+            else: scaler.step(opt); scaler.update()
     options = {k: v for k, v in opt.defaults.items() if isinstance(v, (bool, int, float, str, type(None)))}
     return step, dict(optimizer=type(opt).__name__, optimizer_from=how, optimizer_options=options, gradient_clip_val=clip,
                       precision=cfg.training.precision, loss_via=state)
@@ -286,6 +290,22 @@ def bench_inference(cfg:Config, # configuration (model size, image size)
     del model; _release_memory()
     return dict(batch1_p50_ms=_percentile(lat, 50), batch1_p95_ms=_percentile(lat, 95), batch1_ms=lat, batch1_fps=1e3 / _percentile(lat, 50),
                 throughput_batch=batch, throughput_samples_per_s=_median(thr), **mem.to_dict())
+
+# %% ../nbs/18_bench.ipynb #ad438f65
+def profile_train_step(cfg:Config, # configuration (model, loss, optimiser, precision)
+                       device="cpu", # "cpu" or "cuda"
+                       batch_size:int=8, # transitions per step
+                       steps:int=3, # profiled steps (after one warm-up step)
+                       top:int=15, # operators kept
+                      ) -> dict:
+    "`profiling.profile_step` of the training step `bench_train_step` times: milliseconds by phase, by kind of operator, top operators."
+    device = torch.device(device)
+    torch.manual_seed(cfg.training.seed)
+    model = CardiacDreamer(cfg.model).to(device).train()
+    step, _ = make_train_step(cfg, model, device, _batch(cfg, batch_size, device))
+    res = dict(batch_size=batch_size, **profile_step(step, steps, 1, device, top))
+    del model, step; _release_memory()
+    return res
 
 # %% ../nbs/18_bench.ipynb #bc6436c4
 def synthetic_dataset(folder, # where to write it (created)
@@ -519,9 +539,9 @@ def evaluate_targets(result:dict) -> dict:
 
 # %% ../nbs/18_bench.ipynb #a688008c
 _PRESETS = {  # quick: a smoke test of every measurement; full: the numbers for the README
-    "quick": dict(steps=2, warmup=1, ceiling_n=512, ceiling_reps=3, infer_n=5, infer_reps=1, min_samples=16, scale=(4, 50, 32),
+    "quick": dict(profile_steps=1, steps=2, warmup=1, ceiling_n=512, ceiling_reps=3, infer_n=5, infer_reps=1, min_samples=16, scale=(4, 50, 32),
                   guide_frames=24, guide_size=64, guide_unique=6),
-    "full": dict(steps=5, warmup=2, ceiling_n=2048, ceiling_reps=3, infer_n=30, infer_reps=3, min_samples=256, scale=(200, 1000, 224),
+    "full": dict(profile_steps=3, steps=5, warmup=2, ceiling_n=2048, ceiling_reps=3, infer_n=30, infer_reps=3, min_samples=256, scale=(200, 1000, 224),
                  guide_frames=600, guide_size=224, guide_unique=60),
 }
 
@@ -544,7 +564,13 @@ def _bench_config(name, path, cfg, device, batch_size, p, workers, data_dir, tmp
     bs = batch_size or cfg.training.batch_size
     _log.info("bench %s: training step (batch %d)", name, bs)
     c = dict(config_path=path, config=config_to_dict(cfg))
-    c["train_step"] = bench_train_step(cfg, device, bs, p["warmup"], p["steps"], p["ceiling_n"], p["ceiling_reps"], compile)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(cfg.training.matmul_precision)  # the config's `training.matmul_precision`, as the trainer sets it
+    try: c["train_step"] = bench_train_step(cfg, device, bs, p["warmup"], p["steps"], p["ceiling_n"], p["ceiling_reps"], compile)
+    finally: torch.set_float32_matmul_precision(precision)
+    c["train_step"]["matmul_precision"] = cfg.training.matmul_precision
+    _log.info("bench %s: profile of the training step", name)
+    c["profile"] = profile_train_step(cfg, device, bs, p["profile_steps"])
     if device.type == "cuda" and cfg.training.precision != "bf16-mixed" and torch.cuda.is_bf16_supported():
         bf = config_from_dict({**config_to_dict(cfg), "training": {**config_to_dict(cfg)["training"], "precision": "bf16-mixed"}})
         c["train_step_bf16"] = bench_train_step(bf, device, bs, p["warmup"], p["steps"], p["ceiling_n"], p["ceiling_reps"], compile)

@@ -12,7 +12,7 @@ from .config import BenchTargets
 from .plots import _new_figure, _themed
 
 # %% auto #0
-__all__ = ['format_table', 'plot_benchmark']
+__all__ = ['format_table', 'plot_benchmark', 'profile_table', 'plot_profile']
 
 # %% ../nbs/18_bench_report.ipynb #dc0c466e
 def _f(v, fmt:str="{:.3g}", none:str="–") -> str: return none if v is None else fmt.format(v)
@@ -139,4 +139,30 @@ def plot_benchmark(result:dict): # a `run_benchmark` record (or its JSON, loaded
     ax[1, 1].axhline(targets.peak_rss_gib, color="C3", ls="--", lw=1.2, label="target (training step)")
     ax[1, 1].legend(fontsize=8); ax[1, 1].set(title="Peak resident memory", ylabel="GiB", xlabel="")
     _runtime_panels(result, names, ax[2, 0], ax[2, 1], targets)
+    return fig
+
+# %% ../nbs/18_bench_report.ipynb #d935525a
+def profile_table(result:dict, # a `run_benchmark` record
+                  top:int=8, # operators per configuration
+                 ) -> pd.DataFrame:
+    "The top operators of each configuration's profiled training step: ms per step, share of the step, kind."
+    rows = [dict(config=n, op=o["op"], kind=o["category"], ms_per_step=round(o["self_ms"], 1), share=round(o["share"], 3),
+                 calls_per_step=o["calls"]) for n, c in result["configs"].items() for o in (c.get("profile") or {}).get("top_ops", [])[:top]]
+    return pd.DataFrame(rows)
+
+@_themed
+def plot_profile(result:dict): # a `run_benchmark` record (or its JSON, loaded)
+    "Where a training step's time goes, per configuration: ms by phase (left) and by kind of operator (right)."
+    prof = {n: c["profile"] for n, c in result["configs"].items() if c.get("profile")}
+    fig = _new_figure((13, 1.6 + 1.1 * max(1, len(prof))))
+    a, b = fig.subplots(1, 2)
+    ph = pd.DataFrame([dict(config=n, phase=k, ms=v) for n, p in prof.items() for k, v in p["phases_ms"].items()])
+    ca = pd.DataFrame([dict(config=n, kind=k, share=v / p["total_self_ms"]) for n, p in prof.items()
+                       for k, v in p["categories_ms"].items() if p["total_self_ms"]])
+    if len(ph): sns.barplot(ph, y="config", x="ms", hue="phase", ax=a)
+    a.set(title="training step by phase (ms per step)", xlabel="ms per step", ylabel="")
+    if len(ca): sns.barplot(ca, y="config", x="share", hue="kind", ax=b)
+    b.set(title="self time by kind of operator", xlabel="share of the step", ylabel="")
+    for ax in (a, b):
+        if ax.get_legend(): sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), fontsize=8, title=None)
     return fig
