@@ -43,6 +43,7 @@ class ConfigError(CardiacDreamerError, ValueError):
 CHOICES = {
     "model.backbone": ("resnet18", "resnet34"),
     "model.token_type": ("channel", "spatial"),
+    "model.uncertainty": ("none", "gaussian", "laplace"),
     "loss.latent_distance": ("mse", "smooth_l1", "cosine"),
     "data.label_convention": ("additive", "se3", "auto"),
     "data.angle_unit": ("deg", "rad"),
@@ -187,6 +188,7 @@ class ModelConfig(_Section):
     guidance_hidden: list[int] = field(default_factory=lambda: [1024, 512])  # hidden widths of the guidance MLP head
     guidance_dropout: float = 0.1  # dropout in the guidance head
     use_dreamer: bool = True  # false = ablation without the world model (single-frame guidance only)
+    uncertainty: str = "none"  # guidance head also predicts a per-axis error scale, trained by NLL: "none", "gaussian" or "laplace"
 
 # %% ../nbs/01_config.ipynb #44a0cf43
 @dataclass

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import warnings
 from pathlib import Path
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -21,14 +23,16 @@ from .config import CardiacDreamerError, EvaluationThresholds, atomic_write_json
 from .data import index_dataset, load_image
 from .geometry import POSE_AXES, POSE_UNITS, rotation_distance_deg
 from .model import CardiacDreamer
-from .plots import _new_figure, _themed, save_figure
+from .plots import _new_figure, _themed, plot_reliability, save_figure
 from .runs import resolve_path, run_dir_of_checkpoint, run_notebook
 
 # %% auto #0
-__all__ = ['PATHS', 'pose_errors', 'predictions_frame', 'sweep_ids', 'predict_transitions', 'error_stats', 'compute_metrics',
-           'metrics_table', 'within_table', 'per_patient_table', 'write_predictions', 'read_predictions',
-           'plot_error_distributions', 'plot_pred_vs_true', 'plot_error_vs_distance', 'plot_error_along_trajectory',
-           'save_evaluation_figures', 'evaluation_inputs', 'evaluate_run', 'evaluate_checkpoint']
+__all__ = ['PATHS', 'COVERAGE_LEVELS', 'RELIABILITY_LEVELS', 'pose_errors', 'predictions_frame', 'sweep_ids',
+           'predict_transitions', 'error_stats', 'interval_half_width', 'interval_coverage', 'calibration_metrics',
+           'calibration_table', 'compute_metrics', 'metrics_table', 'within_table', 'per_patient_table',
+           'write_predictions', 'read_predictions', 'plot_error_distributions', 'plot_pred_vs_true',
+           'plot_error_vs_distance', 'plot_error_along_trajectory', 'save_evaluation_figures', 'evaluation_inputs',
+           'evaluate_run', 'evaluate_checkpoint']
 
 # %% ../nbs/13_evaluate.ipynb #a3219979
 PATHS = ("single", "composed", "baseline")  # single-frame, composed world-model and mean-predictor paths
@@ -61,6 +65,8 @@ def predictions_frame(patients:Sequence, # patient folder of each row
                       preds:dict, # path name -> [N, 6] predictions
                       angle_unit:str="deg", # unit of the angles given
                       sweeps:Sequence|None=None, # sweep number of each row within its patient (`sweep_ids`); None: no `sweep` column
+                      scales:dict|None=None, # path name -> [N, 6] predicted scale of its error (same units as the predictions)
+                      uncertainty:str|None=None, # the scales' distribution, "gaussian" or "laplace" (needed with `scales`)
                      ) -> pd.DataFrame:
     "The predictions table from arrays: true and predicted 6-DOF, signed errors and overall errors per path, distance to the target."
     true = _to_degrees(true, angle_unit).reshape(-1, 6)
@@ -73,6 +79,10 @@ def predictions_frame(patients:Sequence, # patient folder of each row
         cols |= {f"err_{path}_{a}": p[:, i] - true[:, i] for i, a in enumerate(POSE_AXES)}
         cols[f"trans_err_{path}"], cols[f"rot_err_{path}"], cols[f"rot_abs_err_{path}"] = pose_errors(p, true)
     cols["dist_mm"], cols["dist_deg"], _ = pose_errors(true, np.zeros_like(true))
+    if scales:
+        if uncertainty not in _INTERVAL_FACTOR: raise CardiacDreamerError(f"predictions_frame: scales need uncertainty 'gaussian' or 'laplace', got {uncertainty!r}")
+        for path, sc in scales.items(): cols |= {f"scale_{path}_{a}": v for a, v in zip(POSE_AXES, _to_degrees(sc, angle_unit).reshape(-1, 6).T)}
+        cols["uncertainty"] = uncertainty
     return pd.DataFrame(cols)
 
 # %% ../nbs/13_evaluate.ipynb #b7e37831
@@ -80,14 +90,17 @@ def _frames(transitions:Sequence, image_size:int):
     "uint8 [B, 1, S, S] frames at t1 of `transitions`."
     return torch.stack([load_image(t.ft1, image_size) for t in transitions])
 
-def _predict_batch(model, transitions:Sequence, image_size:int) -> tuple:
-    "(single, composed) at1 predictions [B, 6] of one batch, in the model's units."
+def _predict_batch(model, transitions:Sequence, image_size:int) -> dict:
+    "single and composed at1 predictions [B, 6] of one batch in the model's units; with an uncertainty head their scales too."
     img = _frames(transitions, image_size)
     p = next(model.parameters())
     change = torch.from_numpy(np.stack([t.change for t in transitions])).to(p.device, torch.float32)
-    single = model.predict_action(img)
-    with torch.inference_mode(): composed = model(model.preprocess(img), change)["at1_hat"]
-    return single.double().cpu().numpy(), composed.double().cpu().numpy()
+    unc = model.cfg.uncertainty != "none"
+    single, single_scale = model.predict_action_with_scale(img) if unc else (model.predict_action(img), None)
+    with torch.inference_mode(): out = model(model.preprocess(img), change)
+    res = dict(single=single, composed=out["at1_hat"])
+    if unc: res |= dict(scale_single=single_scale, scale_composed=model.physical_scale(out["at1_log_scale"]))
+    return {k: v.double().cpu().numpy() for k, v in res.items()}
 
 # %% ../nbs/13_evaluate.ipynb #fb0b5fab
 def sweep_ids(transitions:Sequence, # `data.Transition`s, in any order
@@ -110,7 +123,7 @@ def predict_transitions(model, # a `CardiacDreamer` (e.g. `CardiacDreamer.from_c
                         image_size:int|None=None, # frames are loaded at this size (default: the model's `cfg.image_size`)
                         progress:bool=False, # tqdm bar over the batches
                        ) -> pd.DataFrame:
-    "One row per transition: patient, entry, true at1 and the single-frame, composed and mean-predictor predictions with their errors."
+    "One row per transition: patient, entry, true at1, the single-frame, composed and mean-predictor predictions with their errors (and scales)."
     transitions, size = list(transitions), image_size or model.cfg.image_size
     if not transitions: raise CardiacDreamerError("predict_transitions: no transitions to predict")
     was_training, out = model.training, []
@@ -120,10 +133,11 @@ def predict_transitions(model, # a `CardiacDreamer` (e.g. `CardiacDreamer.from_c
             out.append(_predict_batch(model, transitions[i:i + batch_size], size))
     finally: model.train(was_training)
     mean = model.at1_mean.double().cpu().numpy()
-    preds = dict(single=np.concatenate([s for s, _ in out]), composed=np.concatenate([c for _, c in out]),
-                 baseline=np.tile(mean, (len(transitions), 1)))
-    return predictions_frame([t.patient for t in transitions], [t.entry for t in transitions],
-                             np.stack([t.at1 for t in transitions]), preds, model.angle_unit, sweeps=sweep_ids(transitions))
+    cat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+    preds = dict(single=cat["single"], composed=cat["composed"], baseline=np.tile(mean, (len(transitions), 1)))
+    scales = {p: cat[f"scale_{p}"] for p in ("single", "composed") if f"scale_{p}" in cat}
+    return predictions_frame([t.patient for t in transitions], [t.entry for t in transitions], np.stack([t.at1 for t in transitions]),
+                             preds, model.angle_unit, sweeps=sweep_ids(transitions), scales=scales or None, uncertainty=model.cfg.uncertainty)
 
 # %% ../nbs/13_evaluate.ipynb #8fc86dfd
 def error_stats(err, # errors of one quantity (signed or not; absolute values are used)
@@ -134,6 +148,58 @@ def error_stats(err, # errors of one quantity (signed or not; absolute values ar
     if not len(e): raise CardiacDreamerError("error_stats: no errors to summarise")
     out = dict(mae=float(e.mean()), median=float(np.median(e)), rmse=float(np.sqrt((e ** 2).mean())), p90=float(np.percentile(e, 90)))
     return out | {f"within_{t}{unit}": float((e <= t).mean()) for t in EvaluationThresholds().by_unit()[unit]}
+
+# %% ../nbs/13_evaluate.ipynb #5c1a0e42
+COVERAGE_LEVELS = (0.5, 0.9)  # central intervals whose coverage is reported per axis (coverage50_x, coverage90_x, ...)
+RELIABILITY_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # nominal levels of the reliability curve: 0.05 ... 0.95
+_INTERVAL_FACTOR = {"gaussian": lambda p: NormalDist().inv_cdf(0.5 + p / 2), "laplace": lambda p: -math.log(1 - p)}
+
+def interval_half_width(scale, # predicted scale(s): Gaussian sigma or Laplace b
+                        level:float, # central probability, in (0, 1)
+                        distribution:str, # "gaussian" | "laplace"
+                       ) -> np.ndarray:
+    "Half-width of the central `level` interval of a zero-centred Gaussian (std `scale`) or Laplace (scale `scale`)."
+    if distribution not in _INTERVAL_FACTOR: raise CardiacDreamerError(f"distribution: expected 'gaussian' or 'laplace', got {distribution!r}")
+    if not 0 < level < 1: raise CardiacDreamerError(f"level: expected a probability in (0, 1), got {level!r}")
+    return np.asarray(scale, dtype=np.float64) * _INTERVAL_FACTOR[distribution](level)
+
+def interval_coverage(err, # signed errors (prediction - truth)
+                      scale, # predicted scales, one per error
+                      level:float, # central probability of the interval
+                      distribution:str, # "gaussian" | "laplace"
+                     ) -> float:
+    "Fraction of errors inside the central `level` interval of their predicted distribution."
+    return float((np.abs(np.asarray(err, dtype=np.float64)) <= interval_half_width(scale, level, distribution)).mean())
+
+# %% ../nbs/13_evaluate.ipynb #5c1a0e44
+def _scale_paths(df:pd.DataFrame) -> list:
+    "The prediction paths with a predicted scale in the table."
+    return [p for p in PATHS if all(f"scale_{p}_{a}" in df for a in POSE_AXES)] if "uncertainty" in df else []
+
+def calibration_metrics(df:pd.DataFrame, # a predictions table with `scale_*` columns (a model with an uncertainty head)
+                       ) -> dict:
+    "Per path with scales: coverage of the central 50 % and 90 % intervals, mean scale and 90 % half-width per axis, reliability curve."
+    out = {}
+    for p in _scale_paths(df):
+        dist, err, sc = str(df["uncertainty"].iloc[0]), _vectors(df, f"err_{p}"), _vectors(df, f"scale_{p}")
+        m = dict(distribution=dist, n_frames=int(len(df)))
+        for lvl in COVERAGE_LEVELS:
+            m |= {f"coverage{round(100 * lvl)}_{a}": interval_coverage(err[:, i], sc[:, i], lvl, dist) for i, a in enumerate(POSE_AXES)}
+        m |= {f"mean_scale_{a}": float(sc[:, i].mean()) for i, a in enumerate(POSE_AXES)}
+        m |= {f"mean_halfwidth90_{a}": float(interval_half_width(sc[:, i], 0.9, dist).mean()) for i, a in enumerate(POSE_AXES)}
+        m["reliability"] = {"nominal": list(RELIABILITY_LEVELS),
+                            **{a: [interval_coverage(err[:, i], sc[:, i], lvl, dist) for lvl in RELIABILITY_LEVELS] for i, a in enumerate(POSE_AXES)}}
+        out[p] = m
+    return out
+
+def calibration_table(metrics:dict, # from `compute_metrics` (its "calibration" entry) or `calibration_metrics` itself
+                     ) -> pd.DataFrame:
+    "Rows: the six axes; columns (quantity, path): 50 % and 90 % coverage, mean scale and mean 90 % half-width (mm / deg)."
+    cal = metrics.get("calibration", metrics) if isinstance(metrics, dict) else {}
+    cal = {p: m for p, m in cal.items() if isinstance(m, dict) and "reliability" in m}
+    qs = {"coverage 50 %": "coverage50", "coverage 90 %": "coverage90", "mean scale": "mean_scale", "90 % half-width": "mean_halfwidth90"}
+    return pd.DataFrame({(q, p): [m[f"{k}_{a}"] for a in POSE_AXES] for q, k in qs.items() for p, m in cal.items()},
+                        index=pd.Index([f"{a} ({u})" for a, u in zip(POSE_AXES, POSE_UNITS)], name="axis"))
 
 # %% ../nbs/13_evaluate.ipynb #711af3b2
 OVERALL = {"translation_mm": ("translation (mm, Euclidean)", "mm"), "rotation_geodesic_deg": ("rotation (deg, geodesic)", "deg"),
@@ -167,7 +233,7 @@ def _ratios(m:dict, base:dict) -> dict:
 # %% ../nbs/13_evaluate.ipynb #6be82724
 def compute_metrics(df:pd.DataFrame, # a predictions table (`predict_transitions`, or `read_predictions` of a predictions.csv)
                    ) -> dict:
-    "Per-axis and overall error statistics for every path, ratios to the mean predictor, and per-patient errors (mm / deg)."
+    "Per-axis and overall error statistics for every path, ratios to the mean predictor, per-patient errors (mm / deg); calibration with scales."
     if not len(df): raise CardiacDreamerError("compute_metrics: the predictions table is empty")
     paths = _paths(df)
     if not paths: raise CardiacDreamerError(f"compute_metrics: no prediction columns ({', '.join(f'{p}_x' for p in PATHS)}) in the table")
@@ -177,6 +243,7 @@ def compute_metrics(df:pd.DataFrame, # a predictions table (`predict_transitions
         out["ratio_to_baseline"] = {p: _ratios(out["paths"][p], out["paths"]["baseline"]) for p in paths if p != "baseline"}
     out["per_patient"] = {str(pat): {"n_frames": int(len(g)), **{p: _mae_summary(g, p) for p in paths}}
                           for pat, g in df.groupby(df.patient.astype(str), sort=True)}
+    if _scale_paths(df): out["calibration"] = calibration_metrics(df)
     return out
 
 # %% ../nbs/13_evaluate.ipynb #8f3002d0
@@ -313,11 +380,12 @@ def plot_error_along_trajectory(df:pd.DataFrame, # predictions table
 def save_evaluation_figures(df:pd.DataFrame, # predictions table
                             plot_dir:str|Path, # folder for the PNGs (created)
                            ) -> dict:
-    "Draw every evaluation figure and save it as `plot_dir/eval_*.png`; returns name -> path."
+    "Draw every evaluation figure (the reliability curve with predicted scales) and save it as `plot_dir/eval_*.png`; returns name -> path."
     figs = {"eval_error_distributions": lambda: plot_error_distributions(df),
             **{f"eval_pred_vs_true_{p}": functools.partial(plot_pred_vs_true, df, p) for p in ("single", "composed") if f"{p}_x" in df},
             "eval_error_vs_distance": lambda: plot_error_vs_distance(df),
-            "eval_error_along_trajectory": lambda: plot_error_along_trajectory(df)}
+            "eval_error_along_trajectory": lambda: plot_error_along_trajectory(df),
+            **({"eval_reliability": lambda: plot_reliability(calibration_metrics(df))} if _scale_paths(df) else {})}
     return {k: save_figure(f(), Path(plot_dir) / f"{k}.png", dpi=80) for k, f in figs.items()}
 
 # %% ../nbs/13_evaluate.ipynb #3a154de8

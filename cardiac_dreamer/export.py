@@ -214,9 +214,20 @@ class Predictor:
                  run, # float32 tensor [B,1,S,S] -> actions [B,6] as NumPy
                  manifest:dict|None=None, # the export manifest (exported files)
                  label_convention:str="additive", # how action changes compose with the model's actions
-                 angle_unit:str="deg"): # unit of the angles in the actions
+                 angle_unit:str="deg", # unit of the angles in the actions
+                 run_with_std=None): # float32 tensor [B,1,S,S] -> (actions, per-axis std of their error) as NumPy; None: no scales
         self.path, self.kind, self.image_size, self.manifest, self._run = path, kind, int(image_size), manifest, run
         self.label_convention, self.angle_unit, self._frames = label_convention, angle_unit, _Frames(image_size)
+        self._run_std = run_with_std
+
+    @property
+    def has_scale(self) -> bool: return self._run_std is not None  # a checkpoint of a model with an uncertainty head
+
+    def predict_with_std(self, images) -> tuple: # (actions [B,6], per-axis std [B,6]), float32 NumPy, mm / deg
+        "The actions and the per-axis standard deviation of their error (`CardiacDreamer.predict_action_with_scale(as_std=True)`)."
+        if self._run_std is None: raise CardiacDreamerError(f"{self!r}: no uncertainty head (a checkpoint trained with model.uncertainty gives scales)")
+        move, std = self._run_std(self._frames(images))
+        return np.asarray(move, dtype=np.float32), np.asarray(std, dtype=np.float32)
 
     def __call__(self, images) -> np.ndarray: return np.asarray(self._run(self._frames(images)), dtype=np.float32)
     def __repr__(self): return f"Predictor({self.kind}, {self.path or 'in memory'}, image_size={self.image_size})"
@@ -276,8 +287,9 @@ def load_predictor(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer`, or a
     if isinstance(model, Predictor): return model
     if isinstance(model, CardiacDreamer):
         m = model.eval()
+        std = None if m.cfg.uncertainty == "none" else lambda x: tuple(v.float().cpu().numpy() for v in m.predict_action_with_scale(x, as_std=True))
         return Predictor(None, "checkpoint", m.cfg.image_size, lambda x: m.predict_action(x).float().cpu().numpy(),
-                         label_convention=m.label_convention, angle_unit=m.angle_unit)
+                         label_convention=m.label_convention, angle_unit=m.angle_unit, run_with_std=std)
     path = Path(model)
     kind = MODEL_SUFFIXES.get(path.suffix.lower())
     if kind is None: raise CardiacDreamerError(f"{path}: unknown kind of model file; expected {', '.join(MODEL_SUFFIXES)}")

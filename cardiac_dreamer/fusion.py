@@ -56,6 +56,13 @@ def _half_turn(angle_unit) -> float:
     if angle_unit not in ANGLE_UNITS: raise FusionError(f"angle_unit must be one of {ANGLE_UNITS}, got {angle_unit!r}")
     return 180.0 if angle_unit == "deg" else math.pi
 
+def _check_inflation(inflation, scales) -> float:
+    "A finite inflation >= 0 (growth of a carried estimate's scale per step), which needs scales when it is not 0."
+    if isinstance(inflation, bool) or not isinstance(inflation, (int, float, np.integer, np.floating)) or not 0 <= inflation < math.inf:
+        raise FusionError(f"inflation must be a finite number >= 0 (relative growth of a carried scale per step), got {inflation!r}")
+    if inflation and scales is None: raise FusionError("inflation grows the scales of carried estimates: it needs scales")
+    return float(inflation)
+
 def _check_window(window) -> int:
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise FusionError(f"window must be an integer >= 1 (frames fused, the present one included), got {window!r}")
@@ -194,9 +201,10 @@ def fuse_sequence(
     angle_unit:str="deg", # "deg" or "rad"
     new_sweep=None, # [T] bool: True where a new sweep starts (windows never reach back across it); None: one sweep
     return_scale:bool=False, # also return the fused per-axis scale [T, 6]
+    inflation:float=0.0, # with scales: a carried estimate's scale grows by this fraction per step carried (0: kept as it was)
 ): # [T, 6] fused estimate of the present move at every frame (and [T, 6] scales), the type of `estimates`
     "Fuse each frame's estimate with the previous window-1 frames' estimates of the same sweep, carried to it through the motions."
-    window, _ = _check_window(window), _half_turn(angle_unit)
+    window, _, inflation = _check_window(window), _half_turn(angle_unit), _check_inflation(inflation, scales)
     _check_convention(convention)
     est = _as64(estimates, "estimates")
     if est.ndim != 2: raise FusionError(f"estimates: expected shape [T, 6], got {tuple(est.shape)}")
@@ -212,6 +220,7 @@ def fuse_sequence(
     lag = torch.arange(window - 1, -1, -1, device=est.device)  # lag of each column
     valid = torch.arange(n, device=est.device)[:, None] - lag[None] >= start[:, None]  # [T, window]
     sc = None if scales is None else _lagged(_as64(scales, "scales", finite=False).to(est.device).expand(n, 6), window)
+    if inflation: sc = sc * (1 + inflation) ** lag.to(sc.dtype)[:, None]  # lag d: scale x (1 + inflation)^d
     fused, scale = fuse_estimates(carried, sc, method, valid, angle_unit)
     return (_like(fused, estimates), _like(scale, estimates)) if return_scale else _like(fused, estimates)
 
@@ -223,10 +232,12 @@ class SequentialFuser:
                  window:int=DEFAULT_WINDOW, # frames fused (the present one included)
                  method:str="auto", # see `fuse_estimates`
                  angle_unit:str="deg", # "deg" or "rad"
+                 inflation:float=0.0, # with scales: a held estimate's scale grows by this fraction per step carried
                 ):
         if method not in FUSION_METHODS: raise FusionError(f"method must be one of {FUSION_METHODS}, got {method!r}")
         self.convention, self.window, self.method = _check_convention(convention), _check_window(window), method
         self.angle_unit, _ = angle_unit, _half_turn(angle_unit)
+        self.inflation = _check_inflation(inflation, "per update")
         self.reset()
 
     def reset(self):
@@ -254,6 +265,7 @@ class SequentialFuser:
             except RuntimeError: raise FusionError(f"motion_since_previous: expected shape {tuple(est.shape)}, got {tuple(m.shape)}") from None
             Tm = m if self.convention == "additive" else pose_to_matrix(m, self.angle_unit)
             self._states = [s + Tm if self.convention == "additive" else s @ Tm for s in self._states]
+            if self.inflation and scale is not None: self._scales = [s * (1 + self.inflation) for s in self._scales]
         self._shape = est.shape
         self._states.append(est if self.convention == "additive" else pose_to_matrix(est, self.angle_unit))
         self._scales.append(None if scale is None else _as64(scale, "scale").to(est.device).expand(est.shape))

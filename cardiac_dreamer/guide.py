@@ -281,29 +281,32 @@ def _batches(rec:Recording, idx, batch_size:int):
     if batch: yield batch
 
 # %% ../nbs/16d_guide.ipynb #01e43818
-def _fuse(moves:list, changes:np.ndarray, window:int, convention:str, angle_unit:str) -> tuple:
-    "Fused moves and scales [n, 6] of the last estimates in `moves`, each with up to window-1 earlier ones (carried by `changes`)."
+def _fuse(moves:list, stds:list, changes:np.ndarray, window:int, convention:str, angle_unit:str) -> tuple:
+    "Fused moves and scales [n, 6] of the last estimates in `moves`, each with up to window-1 earlier ones (carried by `changes`); inverse-variance with `stds`."
     n, k = len(moves[-1]), len(np.concatenate(moves)) - len(moves[-1])  # new estimates, earlier ones
     ctx = min(window - 1, k)
     est = np.concatenate(moves)[-(n + ctx):]
+    sc = None if stds[-1] is None else np.concatenate(stds)[-(n + ctx):]
     ch = changes[k - ctx:k + n]
-    fused, scale = fuse_sequence(est, ch, window, convention, angle_unit=angle_unit, return_scale=True)
+    fused, scale = fuse_sequence(est, ch, window, convention, scales=sc, angle_unit=angle_unit, return_scale=True)
     return fused[ctx:], scale[ctx:]
 
 # %% ../nbs/16d_guide.ipynb #1a4bafa7
-def _frame_rows(idx, times, moves, at, trans, rot, single=None, std=None) -> pd.DataFrame:
+def _frame_rows(idx, times, moves, at, trans, rot, single=None, std=None, single_std=None) -> pd.DataFrame:
     "Rows of guidance.csv for a batch of processed frames."
     df = pd.DataFrame({"frame": idx, "time_s": times})
     df[MOVE_COLUMNS] = moves
     df["trans_mm"], df["rot_deg"], df["at_target"] = trans, rot, at
     if single is not None: df[[f"single_{c}" for c in MOVE_COLUMNS]] = single
     if std is not None: df[[f"std_{c}" for c in MOVE_COLUMNS]] = std
+    if single_std is not None: df[[f"single_std_{c}" for c in MOVE_COLUMNS]] = single_std
     return df
 
 # %% ../nbs/16d_guide.ipynb #85eda12e
 def _predict(predictor, frames:list) -> tuple:
-    "(moves [B,6], std [B,6] or None) for a list of uint8 frames: a predictor may return (move, std)."
-    out = predictor(np.stack(frames)[:, None])
+    "(moves [B,6], std [B,6] or None) for a list of uint8 frames: the std of a model with an uncertainty head; a predictor may also return (move, std)."
+    x = np.stack(frames)[:, None]
+    out = predictor.predict_with_std(x) if getattr(predictor, "has_scale", False) else predictor(x)
     move, std = out if isinstance(out, tuple) else (out, None)
     return np.asarray(move, dtype=np.float64), None if std is None else np.asarray(std, dtype=np.float64)
 
@@ -328,7 +331,8 @@ def _report_html(summary:dict, png:bytes, files:dict) -> str:
             ("frames guided", f"{s['frames_guided']} of {s['frames_in_recording']} (every {s['settings']['every']})"),
             ("at the target", f"{100 * s['fraction_at_target']:.1f} % of the frames (within {s['settings']['thresholds'][0]:g} mm and "
                               f"{s['settings']['thresholds'][1]:g}°); first at frame {s['first_frame_at_target']}"),
-            ("temporal fusion", f"window {s['settings']['window']}, motions {s['settings']['motions']}" if s["settings"]["motions"] else "none"),
+            ("temporal fusion", f"window {s['settings']['window']}, motions {s['settings']['motions']}, {s['settings'].get('fusion')}"
+                                if s["settings"]["motions"] else "none"),
             ("speed", f"{s['frames_per_s']:.1f} frames/s end to end ({s['seconds']:.1f} s)")]
     table = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
     media = ""
@@ -373,7 +377,7 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
     out_fps = (rec.fps or 25.0) / every
     renderer = OverlayRenderer(thresholds, rec.size)
     gif_step = max(1, -(-len(idx) // gif_frames))
-    parts, estimates, gif_ims = [], [], []
+    parts, estimates, stds, gif_ims = [], [], [], []
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
 
@@ -382,15 +386,16 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
         done = 0
         with tqdm(total=len(idx), desc="guide", unit="frame", disable=not progress) as bar:
             for batch in _batches(rec, idx, batch_size):
-                single, std = _predict(predictor, [f for _, f in batch])
-                estimates.append(single)
-                moves, fused = single, None
-                if changes is not None: moves, std = _fuse(estimates, changes, window, convention, angle_unit)
+                single, single_std = _predict(predictor, [f for _, f in batch])
+                estimates.append(single); stds.append(single_std)
+                moves, std = single, single_std
+                if changes is not None: moves, std = _fuse(estimates, stds, changes, window, convention, angle_unit)
                 trans, rot = target_distances(moves)
                 at = (trans <= thresholds[0]) & (rot <= thresholds[1])
                 n = len(batch)
+                fused = changes is not None
                 parts.append(_frame_rows(idx[done:done + n], times[done:done + n], moves, at, trans, rot,
-                                         single if changes is not None else None, std))
+                                         single if fused else None, std, single_std if fused else None))
                 for j, (i, f) in enumerate(batch):
                     t = times[done + j]
                     im = renderer(f, moves[j], bool(at[j]), f"frame {i}" + (f"  {t:.2f} s" if np.isfinite(t) else ""), (trans[j], rot[j]))
@@ -407,7 +412,8 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
         files["csv"] = atomic_write_text(tmp / "guidance.csv", table.to_csv(index=False, float_format="%.4f"))
         if gif: files["gif"] = write_video(gif_ims, tmp / "overlay.gif", fps=out_fps / gif_step)
         settings = dict(every=int(every), thresholds=[float(t) for t in thresholds], window=int(window) if motions else None,
-                        motions=str(motions) if motions else None, label_convention=convention, batch_size=int(batch_size))
+                        motions=str(motions) if motions else None, label_convention=convention, batch_size=int(batch_size),
+                        fusion=("inverse_variance" if predictor.has_scale else "huber") if motions else None, model_std=predictor.has_scale)
         summary = _summary(table, rec, predictor, settings, time.perf_counter() - t0)
         if report:
             files["report"] = atomic_write_text(tmp / "report.html", _report_html(summary, _figure_png(plot_guidance(table, thresholds)), files))

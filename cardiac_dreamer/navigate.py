@@ -70,17 +70,24 @@ def oracle_policy(name:str="oracle", # label of the policy
 def fused_policy(model, # a `CardiacDreamer`
                  window:int=NavigationSettings.fusion_window, # frames fused, the present one included (1 = `model_policy`)
                  name:str="fused", # label of the policy
+                 inflation:float=0.0, # with the model's scales: growth of a carried estimate's scale per step (`fusion.fuse_sequence`)
                 ) -> Policy:
     """The model's estimate fused over the last `window` frames (`fusion.SequentialFuser`): each earlier frame's estimate is
     carried to the present through the probe's own motion since then (the tracker's pose differences: with the phantom's additive
-    labels, at = target - pose, a probe step d changes the label by -d), then the carried estimates are fused (Huber mean)."""
-    single, fuser, last = model_policy(model), SequentialFuser("additive", window), {}
+    labels, at = target - pose, a probe step d changes the label by -d), then the carried estimates are fused: inverse-variance
+    with the model's per-axis std when it predicts one (`model.uncertainty`), a Huber mean otherwise."""
+    scaled = model.cfg.uncertainty != "none"
+    single, fuser, last = model_policy(model), SequentialFuser("additive", window, inflation=inflation if scaled else 0.0), {}
     def reset(): fuser.reset(); last.clear()
     def act(frames, poses, patient):
-        est = single(frames, poses, patient)
+        std = None
+        if scaled:
+            at, sd = model.predict_action_with_scale(torch.from_numpy(np.ascontiguousarray(frames))[:, None], as_std=True)
+            est, std = (_to_degrees(v.double().cpu().numpy(), model.angle_unit) for v in (at, sd))
+        else: est = single(frames, poses, patient)
         change = None if "poses" not in last else -(poses - last["poses"])  # the motion, never the target: no oracle information
         last["poses"] = np.array(poses, dtype=np.float64)
-        return fuser.update(est, change)
+        return fuser.update(est, change, std)
     return Policy(name, act, reset=reset)
 
 # %% ../nbs/14_navigate.ipynb #5eca646b
@@ -267,7 +274,7 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
     episodes_df = pd.DataFrame(eps).sort_values(["policy", "episode"], key=_policy_order(pols), kind="stable").reset_index(drop=True)
     settings = dict(episodes=episodes, seed=seed, policies=[p.name for p in pols], gain=gain, max_step=_step_limit(max_step).tolist(),
                     max_steps=max_steps, spread=spread, start_offset=offset.tolist(), tol_mm=tol_mm, tol_deg=tol_deg, image_size=size,
-                    fusion_window=fusion_window,
+                    fusion_window=fusion_window, fusion="inverse_variance" if model.cfg.uncertainty != "none" else "huber",
                     patients=[p.patient_id for p in patients], targets={p.patient_id: p.target_pose.tolist() for p in patients})
     return NavigationResult(episodes_df, summarize_navigation(episodes_df), pd.DataFrame(steps), settings)
 

@@ -25,7 +25,7 @@ from .geometry import POSE_AXES, POSE_UNITS
 # %% auto #0
 __all__ = ['metric_unit', 'save_figure', 'transitions_table', 'split_membership', 'plot_dataset_statistics', 'read_metrics',
            'epoch_curve', 'summarize_metrics', 'summary_table', 'format_duration', 'plot_training_summary',
-           'per_patient_errors', 'plot_per_patient_errors', 'plot_validation_curves']
+           'per_patient_errors', 'plot_per_patient_errors', 'plot_reliability', 'plot_validation_curves']
 
 # %% ../nbs/10_plots.ipynb #dd4c4857
 _SPLIT_COLORS = dict(zip(("train", "val", "test"), sns.color_palette("deep", 3)))
@@ -426,6 +426,28 @@ def plot_per_patient_errors(table: pd.DataFrame, # from `per_patient_errors`
     fig.legend(*axs[0].get_legend_handles_labels(), loc="outside upper right", ncols=2, fontsize=9)
     n = len(table)
     fig.suptitle(title + (f" (worst {len(shown)} of {n})" if n > len(shown) else f" ({n} patient{'s' if n != 1 else ''})"))
+    return fig
+
+# %% ../nbs/10_plots.ipynb #5c1a0e32
+@_themed
+def plot_reliability(calibration: dict, # `evaluate.calibration_metrics`: path -> {"distribution", "reliability": {"nominal", x ... yaw}}
+                     figsize=None,
+                    ) -> Figure:
+    "Observed against nominal coverage of the central intervals of the predicted error distribution, one line per axis, a panel per path."
+    paths = list(calibration)
+    fig = _new_figure(figsize or (5.2 * max(len(paths), 1), 5.0))
+    axs = np.atleast_1d(fig.subplots(1, max(len(paths), 1)))
+    if not paths:
+        _empty(axs[0], "no predicted scales"); return fig
+    for ax, p in zip(axs, paths):
+        rel = calibration[p]["reliability"]
+        long = pd.DataFrame([{"nominal": n, "observed": o, "axis": a} for a in POSE_AXES for n, o in zip(rel["nominal"], rel[a])])
+        ax.plot([0, 1], [0, 1], color="0.3", ls="--", lw=1)
+        sns.lineplot(long, x="nominal", y="observed", hue="axis", hue_order=list(POSE_AXES), marker="o", markersize=4, ax=ax,
+                     legend=ax is axs[0])
+        ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", title=f"{p} path ({calibration[p]['distribution']})",
+               xlabel="nominal coverage of the central interval", ylabel="observed fraction of frames inside")
+    fig.suptitle("Reliability of the predicted uncertainty (diagonal: calibrated; below: over-confident)")
     return fig
 
 # %% ../nbs/10_plots.ipynb #b57f306f

@@ -191,3 +191,21 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(FusionError) as e:
             fn()
         assert msg in str(e.value)
+
+
+@pytest.mark.parametrize("convention", LABEL_CONVENTIONS)
+@pytest.mark.parametrize("inflation", [0.0, 0.25])
+def test_inverse_variance_with_model_scales(convention, inflation):
+    """The model's per-frame scales (issue 14): exact estimates with unequal scales fuse to the true move in both conventions
+    (stream and recording alike), and a noisy estimate with a large scale barely moves the fused value."""
+    at, ch = trajectory(40, convention, seed=11)
+    sc = torch.rand(40, 6, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * 3 + 0.2
+    assert pose_err(fuse_sequence(at, ch, 6, convention, scales=sc, inflation=inflation), at) < 1e-6
+    f = SequentialFuser(convention, window=6, inflation=inflation)
+    assert pose_err(torch.stack([f.update(at[t], None if t == 0 else ch[t], sc[t]) for t in range(40)]), at) < 1e-6
+    bad = at.clone(); bad[20, :3] += 30.0  # one wild translation estimate ...
+    big = sc.clone(); big[20] = 100.0      # ... that the model flags as uncertain
+    fused = fuse_sequence(bad, ch, 6, convention, scales=big, inflation=inflation)
+    assert (fused[21:26, :3] - at[21:26, :3]).abs().max() < 0.05 * 30.0 / 6
+    naive = fuse_sequence(bad, ch, 6, convention, scales=sc, inflation=inflation)  # trusted: it pulls
+    assert (naive[21:26, :3] - at[21:26, :3]).abs().max() > 0.5
