@@ -39,6 +39,7 @@ from .datamodule import CardiacDataModule
 from .export import bench_exported
 from .guide import bench_guide
 from .model import CardiacDreamer, parameter_counts, tune_cpu_allocator
+from .system import _fused_ok
 from .train import build_system
 from .profiling import PHASE_PREFIX, profile_step
 from .runs import git_commit, package_versions, resolve_config, resolve_path
@@ -182,7 +183,8 @@ def _optimizer(system) -> tuple:
     except Exception as e: _log.info("configure_optimizers needs a trainer here (%s); using AdamW", e)  # boundary: e.g. onecycle
     h = system.hparams
     params = [p for p in system.model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=h.get("lr", 2e-4), weight_decay=h.get("weight_decay", 1e-2)), "AdamW (config lr, weight_decay)"
+    opt = torch.optim.AdamW(params, lr=h.get("lr", 2e-4), weight_decay=h.get("weight_decay", 1e-2), fused=_fused_ok(params) or None)
+    return opt, "AdamW (config lr, weight_decay; fused as the system makes it)"
 
 def _training_loss(system, batch:dict, i:int, state:dict) -> torch.Tensor:
     "`system.training_step(batch, i)` (its `self.log` calls are no-ops without a trainer); the model and loss directly if it needs one."
