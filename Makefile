@@ -40,7 +40,7 @@ $(STAMP): setup.py settings.ini constraints.txt
 	  mkdir -p $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR); \
 	  echo "installing cardiac-dreamer and its pinned dependencies into $(VENV) (a few minutes on a fresh machine)"; \
 	  $(PY) -m pip install -q --upgrade pip; \
-	  $(PY) -m pip install -q -c constraints.txt -e ".[dev]"; \
+	  $(PY) -m pip install -q --no-compile -c constraints.txt -e ".[dev]"; \
 	  $(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cardiac-dreamer)" >/dev/null; \
 	  echo "install: $$(( $$(date +%s) - t0 )) s"
 	@touch $(STAMP)
