@@ -131,6 +131,25 @@ def test_token_types_fit(tiny_phantom, tmp_path, token_type):
     assert res["test_metrics"] and all(v == v for v in res["test_metrics"].values())
 
 
+def test_matmul_precision_and_compile_switches(tiny_phantom, tmp_path):
+    "`training.matmul_precision` reaches torch; `training.compile` compiles the model in place, checkpoint keys unchanged (issue 17)."
+    import torch
+    from cardiac_dreamer.runs import resolve_config
+    from cardiac_dreamer.train import prepare_run
+    before = torch.get_float32_matmul_precision()
+    try:
+        plain = prepare_run(resolve_config(DEBUG_CONFIG, data_dir=str(tiny_phantom)), tmp_path / "plain", progress=False)
+        assert torch.get_float32_matmul_precision() == "highest" and plain.system.model._compiled_call_impl is None
+        cfg = resolve_config(DEBUG_CONFIG, ["training.matmul_precision=high", "training.compile=true"], data_dir=str(tiny_phantom))
+        run = prepare_run(cfg, tmp_path / "compiled", progress=False)
+        assert torch.get_float32_matmul_precision() == "high"
+        assert run.system.model._compiled_call_impl is not None  # compiled lazily at the first call; not run here (minutes on 2 cores)
+        assert list(run.system.model.state_dict()) == list(plain.system.model.state_dict())
+    finally: torch.set_float32_matmul_precision(before)
+    with pytest.raises(Exception, match="training.matmul_precision"):
+        resolve_config(DEBUG_CONFIG, ["training.matmul_precision=fastest"])
+
+
 @pytest.mark.parametrize("scheduler", ["cosine", "cosine_warm_restarts", "onecycle", "plateau"])
 def test_schedulers(tiny_phantom, tmp_path, scheduler):
     from cardiac_dreamer.runs import resolve_config
