@@ -580,8 +580,15 @@ def trials_table(storage:str, # Optuna storage URL (sqlite:///.../optuna.db)
     cols = ["trial", "state", "value"]
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file(): return pd.DataFrame(columns=cols)
     import optuna  # here: only a search needs it (an optional extra, slow to import)
-    try: trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    # read only: never create the tables (a reader racing the search's own schema creation made that search fail)
+    kw = dict(engine_kwargs={"connect_args": {"timeout": 60}}) if storage.startswith("sqlite") else {}
+    try:
+        rdb = optuna.storages.RDBStorage(storage, skip_compatibility_check=True, skip_table_creation=True, **kw)
+        trials = optuna.load_study(study_name=study_name, storage=rdb).get_trials(deepcopy=False)
     except KeyError: return pd.DataFrame(columns=cols)  # the study is not created yet
+    except Exception as e:  # boundary: the search has not created its tables yet
+        if "no such table" in f"{e} {e.__cause__} {e.__context__}": return pd.DataFrame(columns=cols)
+        raise
     return pd.DataFrame([dict(trial=t.number, state=t.state.name.lower(), value=t.value, **t.params) for t in trials]).reindex(
         columns=cols + sorted({k for t in trials for k in t.params}))
 
@@ -599,7 +606,9 @@ def search(self:HyperparameterPanel, trials:int|None=None) -> subprocess.Popen: 
     name, out = f"panel-{time.strftime('%Y%m%d_%H%M%S')}", _abs(self.output_dir.value)
     self.search_storage, self.search_study = f"sqlite:///{out / f'tune_{name}' / 'optuna.db'}", name
     cmd = search_command(folder / "panel_config.yaml", folder / "space.yaml", trials or self.search_trials.value, out, name, _abs(cfg.data.data_dir))
-    self.search_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    self.search_log = folder / "search.log"  # the search's own output: where to look when it fails
+    with open(self.search_log, "w") as log:
+        self.search_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     self.search_button.disabled, self.search_status.value = True, f"<b>searching</b> &middot; <code>{html.escape(str(out / f'tune_{name}'))}</code>"
     threading.Thread(target=self._follow_search, name="search-watch", daemon=True).start()
     return self.search_proc
@@ -616,6 +625,7 @@ def _follow_search(self:HyperparameterPanel):
         time.sleep(self.poll_s)
     rc, folder = self.search_proc.returncode, _abs(self.output_dir.value) / f"tune_{self.search_study}"
     report = folder / "tune_report.html"
-    self.search_status.value = (f"<b>{'finished' if rc == 0 else f'ended with exit code {rc}'}</b> &middot; "
+    failed = "" if rc == 0 else f" &middot; its output: <code>{html.escape(str(self.search_log))}</code>"
+    self.search_status.value = (f"<b>{'finished' if rc == 0 else f'ended with exit code {rc}'}</b>{failed} &middot; "
                                 + (f'report: <a href="{report.resolve().as_uri()}" target="_blank">{report.name}</a>' if report.is_file() else ""))
     self.search_button.disabled = False

@@ -43,6 +43,17 @@ def test_tune_resumes_from_sqlite(tiny_phantom, tmp_path):
     for n in range(4): assert (folder / f"trial_{n:04d}" / "status.json").is_file()
 
 
+def test_trials_table_only_reads(tmp_path):
+    "The panel's table reader never creates the search's tables: a reader racing the search's schema creation made it fail."
+    import sqlite3
+    from cardiac_dreamer.widgets import trials_table
+    db = tmp_path / "optuna.db"
+    sqlite3.connect(db).close()  # the file exists, the search has not created its tables yet
+    df = trials_table(f"sqlite:///{db}", "panel-x")
+    assert df.empty and list(df.columns) == ["trial", "state", "value"]
+    with sqlite3.connect(db) as c: assert c.execute("select name from sqlite_master").fetchall() == []
+
+
 def test_panel_search_shows_trials(tiny_phantom, tmp_path):
     """The hyperparameter panel's Search button runs a small search in the background; its table fills from the Optuna storage."""
     import time
@@ -55,7 +66,7 @@ def test_panel_search_shows_trials(tiny_phantom, tmp_path):
     assert time.monotonic() - t0 < 5 and p.search_proc is not None and p.search_button.disabled, p.message.value
     end = time.monotonic() + 600
     while not (p.search_proc.poll() is not None and not p.search_button.disabled) and time.monotonic() < end: time.sleep(1)
-    assert p.search_proc.returncode == 0, p.search_status.value
+    assert p.search_proc.returncode == 0, p.search_status.value + "\n" + p.search_log.read_text()[-4000:]
     df = p.search_trials_df
     assert df.state.tolist() == ["complete"] and {"training.lr", "model.dropout"} <= set(df.columns), df
     assert "complete" in p.search_table.value and "tune_report.html" in p.search_status.value
