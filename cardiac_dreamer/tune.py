@@ -115,11 +115,10 @@ def _pruner(name:str) -> optuna.pruners.BasePruner:
     if name == "median": return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     raise CardiacDreamerError(f"--pruner {name!r}: expected one of {', '.join(PRUNERS)}")
 
-def _storage(url:str):
+def _storage(url:str, create_tables:bool=True): # False: a reader that must never write (the panel's trials table)
     "An Optuna storage; SQLite waits for its lock (trials on several processes write to it)."
-    if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+    kw = dict(engine_kwargs={"connect_args": {"timeout": 60}}) if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, skip_table_creation=not create_tables, skip_compatibility_check=not create_tables, **kw)
 
 def _load_study(req:dict) -> optuna.Study:
     return optuna.load_study(study_name=req["study_name"], storage=_storage(req["storage"]), pruner=_pruner(req["pruner"]))

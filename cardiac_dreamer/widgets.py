@@ -580,11 +580,9 @@ def trials_table(storage:str, # Optuna storage URL (sqlite:///.../optuna.db)
     cols = ["trial", "state", "value"]
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file(): return pd.DataFrame(columns=cols)
     import optuna  # here: only a search needs it (an optional extra, slow to import)
-    # read only: never create the tables (a reader racing the search's own schema creation made that search fail)
-    kw = dict(engine_kwargs={"connect_args": {"timeout": 60}}) if storage.startswith("sqlite") else {}
-    try:
-        rdb = optuna.storages.RDBStorage(storage, skip_compatibility_check=True, skip_table_creation=True, **kw)
-        trials = optuna.load_study(study_name=study_name, storage=rdb).get_trials(deepcopy=False)
+    from cardiac_dreamer.tune import _storage  # here: it imports optuna at the top
+    try:  # read only: never create the tables (a reader racing the search's own schema creation made that search fail)
+        trials = optuna.load_study(study_name=study_name, storage=_storage(storage, create_tables=False)).get_trials(deepcopy=False)
     except KeyError: return pd.DataFrame(columns=cols)  # the study is not created yet
     except Exception as e:  # boundary: the search has not created its tables yet
         if "no such table" in f"{e} {e.__cause__} {e.__context__}": return pd.DataFrame(columns=cols)
