@@ -115,10 +115,14 @@ def _pruner(name:str) -> optuna.pruners.BasePruner:
     if name == "median": return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     raise CardiacDreamerError(f"--pruner {name!r}: expected one of {', '.join(PRUNERS)}")
 
-def _storage(url:str, create_tables:bool=True): # False: a reader that must never write (the panel's trials table)
+def _storage(url:str, read_only:bool=False): # True: a reader that must never write (the panel's trials table)
     "An Optuna storage; SQLite waits for its lock (trials on several processes write to it)."
-    kw = dict(engine_kwargs={"connect_args": {"timeout": 60}}) if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, skip_table_creation=not create_tables, skip_compatibility_check=not create_tables, **kw)
+    sqlite = url.startswith("sqlite:///")
+    # Optuna stamps its schema version when it opens a storage: a reader doing that while the search initialises the same file
+    # made the search fail (UNIQUE constraint on alembic_version). A read-only SQLite connection cannot write at all.
+    if read_only and sqlite: url = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    kw = dict(engine_kwargs={"connect_args": {"timeout": 60}}) if sqlite else {}
+    return optuna.storages.RDBStorage(url, skip_table_creation=read_only, skip_compatibility_check=read_only, **kw)
 
 def _load_study(req:dict) -> optuna.Study:
     return optuna.load_study(study_name=req["study_name"], storage=_storage(req["storage"]), pruner=_pruner(req["pruner"]))

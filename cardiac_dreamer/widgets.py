@@ -581,11 +581,11 @@ def trials_table(storage:str, # Optuna storage URL (sqlite:///.../optuna.db)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file(): return pd.DataFrame(columns=cols)
     import optuna  # here: only a search needs it (an optional extra, slow to import)
     from cardiac_dreamer.tune import _storage  # here: it imports optuna at the top
-    try:  # read only: never create the tables (a reader racing the search's own schema creation made that search fail)
-        trials = optuna.load_study(study_name=study_name, storage=_storage(storage, create_tables=False)).get_trials(deepcopy=False)
+    try:  # read only: a reader writing while the search initialises the storage made that search fail
+        trials = optuna.load_study(study_name=study_name, storage=_storage(storage, read_only=True)).get_trials(deepcopy=False)
     except KeyError: return pd.DataFrame(columns=cols)  # the study is not created yet
-    except Exception as e:  # boundary: the search has not created its tables yet
-        if "no such table" in f"{e} {e.__cause__} {e.__context__}": return pd.DataFrame(columns=cols)
+    except Exception as e:  # boundary: the search has not finished initialising its storage yet
+        if any(s in f"{e} {e.__cause__} {e.__context__}" for s in ("no such table", "readonly database")): return pd.DataFrame(columns=cols)
         raise
     return pd.DataFrame([dict(trial=t.number, state=t.state.name.lower(), value=t.value, **t.params) for t in trials]).reindex(
         columns=cols + sorted({k for t in trials for k in t.params}))
