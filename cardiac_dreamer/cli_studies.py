@@ -16,7 +16,7 @@ from .config import AblationArms, CardiacDreamerError, NavigationSettings, field
 from .cli_args import _csv, _checkpoint_file, _int_list, _log_to_stderr, _checkpoint_args, _study_args
 
 # %% auto #0
-__all__ = ['cmd_evaluate', 'cmd_navigate', 'cmd_cv', 'cmd_sweep', 'cmd_ablation', 'cmd_tune', 'cmd_bench']
+__all__ = ['cmd_evaluate', 'cmd_train_sequence', 'cmd_navigate', 'cmd_cv', 'cmd_sweep', 'cmd_ablation', 'cmd_tune', 'cmd_bench']
 
 # %% ../nbs/18b_cli_studies.ipynb #90d4e8f2
 def cmd_evaluate(args) -> int:
@@ -29,6 +29,26 @@ def cmd_evaluate(args) -> int:
     print(f"Evaluated {m['n_frames']} frames of {', '.join(m['patients'])} ({m['evaluation']['patients_from']})")
     print(metrics_table(m, stats=("mae",)).round(3).to_string())
     print(f"Report: {out / 'eval_report.html'}")
+    return 0
+
+def cmd_train_sequence(args) -> int:
+    "`cardiac-dreamer train-sequence`: the learned sequence model as the second stage of a finished training run."
+    from cardiac_dreamer.config import SequenceConfig, _parse_override
+    names, overrides = [f.name for f in dataclasses.fields(SequenceConfig)], {}
+    for o in args.overrides:
+        sec, key, v = _parse_override(o)
+        if sec != "sequence" or key not in names:
+            raise CardiacDreamerError(f"--set {sec}.{key}: not a sequence setting; valid keys: {', '.join('sequence.' + n for n in names)}")
+        overrides[key] = v
+    from cardiac_dreamer.sequence import sequential_ratio_table, train_sequence  # lazy
+    s = train_sequence(args.run_dir, overrides, args.data_dir, progress=not args.no_progress)
+    c = s["chosen_on_validation"]
+    print(f"Sequence head: best epoch {s['training'].get('best_epoch')} of {s['training'].get('epochs')}; chosen on validation: fusion window "
+          f"{c['fusion_window']}" + (f", dream tau {c['dream_tau']:.3g}" if "dream_tau" in c else ""))
+    for split, m in s["metrics"].items():
+        print(f"\n{split}: MAE / mean-predictor MAE, {m['n_frames']} frames with >= {m['min_history']} frames of history ({m['n_patients']} patients)")
+        print(sequential_ratio_table(m).round(3).to_string())
+    print(f"\nWrote {args.run_dir}/sequence_model.pt, sequence_metrics.json, sequence_predictions.csv, plots/sequence_*.png")
     return 0
 
 def _navigation_settings(args) -> dict:
@@ -104,6 +124,12 @@ def _add_evaluation_commands(subparsers, # the `add_subparsers()` object of the 
     n.add_argument("--set", dest="overrides", action="append", default=[], metavar="navigation.KEY=VALUE",
                    help="set one navigation setting (repeatable), e.g. --set navigation.gain=0.7; an option given by name wins")
     n.set_defaults(func=cmd_navigate)
+    q = subparsers.add_parser("train-sequence", help="train the learned sequence model (second stage) of a finished run and evaluate it")
+    q.add_argument("--run_dir", required=True, help="a finished training run folder (holds final_model.ckpt)")
+    q.add_argument("--data_dir", default=None, help="data set folder (default: the run's data.data_dir)")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="sequence.KEY=VALUE",
+                   help="override one sequence setting (repeatable), e.g. --set sequence.window=5")
+    q.add_argument("--no_progress", action="store_true", help="hide progress bars"); q.set_defaults(func=cmd_train_sequence)
     a = subparsers.add_parser("ablation", help="does the world model help? full / no world model / no latent loss over seeds")
     _study_args(a, "ablation")
     a.add_argument("--seeds", type=_int_list, default=[], help="comma-separated training seeds (default 0,1,2)")

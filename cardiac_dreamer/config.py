@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['CHOICES', 'DEFAULT_DATA_DIR', 'CONFIG_SECTIONS', 'CardiacDreamerError', 'ConfigError', 'ModelConfig', 'LossConfig',
-           'DataConfig', 'TrainConfig', 'Config', 'field_docs', 'config_from_dict', 'config_to_dict', 'package_root',
-           'shipped_configs', 'find_config', 'load_config', 'fsync_dir', 'atomic_path', 'atomic_writer',
+           'DataConfig', 'TrainConfig', 'SequenceConfig', 'Config', 'field_docs', 'config_from_dict', 'config_to_dict',
+           'package_root', 'shipped_configs', 'find_config', 'load_config', 'fsync_dir', 'atomic_path', 'atomic_writer',
            'atomic_write_text', 'atomic_write_json', 'validate_config', 'save_config', 'NavigationSettings',
            'EvaluationThresholds', 'AblationArms', 'BenchTargets', 'PhantomSettings', 'with_overrides']
 
@@ -69,6 +69,9 @@ _CHECKS = {
               (("dim_feedforward",), _opt_ge(1), "must be >= 1 or null"), (("dropout",), _unit, "must be in [0, 1)"),
               (("guidance_hidden",), lambda v: all(h >= 1 for h in v), "must be a list of positive layer widths"),
               (("guidance_dropout",), _unit, "must be in [0, 1)")],
+    "sequence": [((k,), _ge(1), "must be >= 1") for k in ("window", "d_model", "num_heads", "num_layers", "max_epochs", "batch_size")]
+                + [(("d_model", "num_heads"), lambda d, h: d % h == 0, "d_model must be divisible by num_heads"),
+                   (("dropout",), _unit, "must be in [0, 1)"), (("lr",), lambda v: v > 0, "must be > 0")],
     "loss": [((k,), _ge(0), "must be >= 0") for k in
              ("smooth_l1_beta", "lambda_t2_action", "lambda_latent", "lambda_single_frame")],
     "data": [(("split_ratios",), _ratios, "must be 3 positive numbers (train, val, test) that sum to 1"),
@@ -267,7 +270,21 @@ class TrainConfig(_Section):
     save_top_k: int = 3  # best checkpoints kept (by val_main_task_loss); -1 = all
 
 # %% ../nbs/01_config.ipynb #47153c54
-CONFIG_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "training": TrainConfig}  # YAML section -> class
+@dataclass
+class SequenceConfig(_Section):
+    "The learned sequence model (`nbs/13b_sequence.ipynb`): a Transformer over the last frames, trained after the single-frame model."
+    _section: ClassVar[str] = "sequence"
+    enabled: bool = False  # train it after the single-frame model, in the same run (or later: cardiac-dreamer train-sequence)
+    window: int = 7  # frames per window: the present one and up to window - 1 earlier frames of the same sweep
+    d_model: int = 128  # transformer width
+    num_heads: int = 4  # attention heads; must divide d_model
+    num_layers: int = 2  # transformer encoder layers
+    dropout: float = 0.1  # transformer dropout
+    max_epochs: int = 60  # epochs over the precomputed features (early stopping after 10 without improvement)
+    lr: float = 5e-4  # AdamW learning rate (cosine schedule)
+    batch_size: int = 128  # windows per batch
+
+CONFIG_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "training": TrainConfig, "sequence": SequenceConfig}  # YAML section -> class
 
 @dataclass
 class Config:
@@ -276,6 +293,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)  # loss weights
     data: DataConfig = field(default_factory=DataConfig)  # data set, splits, loading, augmentation
     training: TrainConfig = field(default_factory=TrainConfig)  # optimisation and trainer
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)  # learned sequence model (second stage)
 
     def __post_init__(self):
         for name, cls in CONFIG_SECTIONS.items():
@@ -581,7 +599,6 @@ class EvaluationThresholds:
     "Thresholds of the 'within' fractions `evaluate` reports: the fraction of frames whose |error| is at most each."
     mm: tuple[int, ...] = (2, 5, 10)  # translation axes and the Euclidean translation error (mm)
     deg: tuple[int, ...] = (5, 10)  # rotation axes and the rotation errors (deg)
-
     def by_unit(self) -> dict: return {"mm": self.mm, "deg": self.deg}
 
 @dataclass(frozen=True)
@@ -591,7 +608,6 @@ class AblationArms:
     no_world_model: tuple[str, ...] = ("model.use_dreamer=false", "loss.lambda_latent=0")  # single-frame guidance only
     no_latent_loss: tuple[str, ...] = ("model.use_dreamer=true", "loss.lambda_latent=0")  # the world model without its latent loss
     reference: str = "no_world_model"  # the arm relative changes are measured against
-
     @property
     def names(self) -> tuple: return tuple(f.name for f in dataclasses.fields(self) if f.name != "reference")
     def overrides(self, arm:str) -> list: return list(getattr(self, arm))
@@ -624,12 +640,10 @@ def with_overrides(settings, # frozen settings with a `_section` name (e.g. `Nav
                    overrides:Sequence=(), # "section.key=value" strings, e.g. "navigation.gain=0.7"
                   ):
     "A copy of `settings` with the overrides applied, each value read as YAML and checked against the field's type."
-    cls, values = type(settings), {}
-    names = [f.name for f in dataclasses.fields(cls)]
+    cls, values, names = type(settings), {}, [f.name for f in dataclasses.fields(type(settings))]
     for o in overrides or []:
         sec, key, v = _parse_override(o)
         if sec != cls._section or key not in names:
             raise ConfigError(f"--set {sec}.{key}: not a {cls._section} setting; valid keys: {', '.join(f'{cls._section}.{n}' for n in names)}")
         values[key] = v
-    hints = get_type_hints(cls)
-    return dataclasses.replace(settings, **_check_types(cls._section, {k: hints[k] for k in values}, values, lambda k: "--set"))
+    return dataclasses.replace(settings, **_check_types(cls._section, {k: get_type_hints(cls)[k] for k in values}, values, lambda k: "--set"))

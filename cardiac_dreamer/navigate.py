@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from .config import CardiacDreamerError, NavigationSettings, atomic_write_json, atomic_write_text
 from .evaluate import _to_degrees, evaluation_inputs
 from .fusion import SequentialFuser
+from .sequence import SEQUENCE_FILE, SequenceTracker, load_sequence_model
 from .geometry import POSE_AXES, rotation_distance_deg
 from .model import CardiacDreamer
 from .phantom import action_to_target, load_phantom_patient, render_batch, sample_start_pose
@@ -28,10 +30,10 @@ from .plots import _new_figure, _themed, save_figure
 from .runs import resolve_path, run_notebook
 
 # %% auto #0
-__all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'fused_policy', 'target_errors', 'navigate_batch',
-           'navigate_episode', 'NavigationResult', 'load_navigation_patients', 'summarize_navigation', 'start_poses',
-           'run_navigation', 'plot_navigation', 'plot_navigation_paths', 'write_navigation', 'navigation_inputs',
-           'navigate_checkpoint']
+__all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'fused_policy', 'sequential_policy', 'target_errors',
+           'navigate_batch', 'navigate_episode', 'NavigationResult', 'load_navigation_patients', 'summarize_navigation',
+           'start_poses', 'run_navigation', 'plot_navigation', 'plot_navigation_paths', 'write_navigation',
+           'navigation_inputs', 'navigate_checkpoint']
 
 # %% ../nbs/14_navigate.ipynb #8824bbdf
 @dataclass
@@ -89,6 +91,25 @@ def fused_policy(model, # a `CardiacDreamer`
         last["poses"] = np.array(poses, dtype=np.float64)
         return fuser.update(est, change, std)
     return Policy(name, act, reset=reset)
+
+def sequential_policy(model, # a `CardiacDreamer` (for "sequence": the one the head reads, from `sequence.load_sequence_model`)
+                      mode:str="sequence", # "sequence": the learned head; "dream": dream-weighted fusion (`sequence.SequenceTracker`)
+                      head=None, # the trained `SequenceHead` (mode "sequence")
+                      window:int|None=None, # frames kept (default: the head's window; 4 for "dream")
+                      tau:float=float("inf"), # dream temperature (chosen on validation: sequence_metrics.json)
+                      name:str|None=None, # label (default: the mode)
+                     ) -> Policy:
+    "The sequence head, or the dreamer-weighted fusion, on the stream of rendered frames and the probe's own motions (never the target)."
+    tracker, last = SequenceTracker(model, head, window, mode, tau), {}
+    def reset(): tracker.reset(); last.clear()
+    def act(frames, poses, patient):
+        change = None if "poses" not in last else -(poses - last["poses"])  # additive phantom labels: a probe step d changes at by -d
+        last["poses"] = np.array(poses, dtype=np.float64)
+        at = tracker.update(torch.from_numpy(np.ascontiguousarray(frames))[:, None], change)
+        return _to_degrees(at.double().cpu().numpy(), model.angle_unit)
+    pol = Policy(name or mode, act, reset=reset)
+    if mode == "dream": pol.tau = float(tau)
+    return pol
 
 # %% ../nbs/14_navigate.ipynb #5eca646b
 _NAV = NavigationSettings()  # the defaults below: one place for them (config.NavigationSettings), the step limit included
@@ -182,10 +203,27 @@ def summarize_navigation(episodes:pd.DataFrame, # `NavigationResult.episodes`
                          "start_rot_err_mean": g.start_rot_err.mean()})
 
 # %% ../nbs/14_navigate.ipynb #579e7892
-def _policies(names:Sequence, model, fusion_window:int=_NAV.fusion_window) -> list:
-    "Policy names ('model', 'fused', 'mean', 'oracle') or `Policy` objects -> policies."
+def _sequential(seq, model, names) -> tuple:
+    "(model, head, chosen settings) of a sequence model: a sequence_model.pt or its run folder, or (model, head); (None, None, {}) without."
+    if seq is None: return None, None, {}
+    if isinstance(seq, (tuple, list)): return seq[0], seq[1], {}
+    m, head, _ = load_sequence_model(seq)
+    p = Path(seq) if Path(seq).is_dir() else Path(seq).parent
+    chosen = json.loads((p / "sequence_metrics.json").read_text()).get("chosen_on_validation", {}) if (p / "sequence_metrics.json").is_file() else {}
+    return m, head, chosen
+
+def _policies(names:Sequence, model, fusion_window:int=_NAV.fusion_window, sequence_model=None, dream_tau:float|None=None) -> list:
+    "Policy names ('model', 'fused', 'sequence', 'dream', 'mean', 'oracle') or `Policy` objects -> policies."
+    seq_model, head, chosen = _sequential(sequence_model, model, names) if {"sequence", "dream"} & set(names) else (None, None, {})
+    tau = dream_tau if dream_tau is not None else chosen.get("dream_tau")
+    def need(what, ok, hint):
+        if not ok: raise CardiacDreamerError(f"navigation policy {what!r}: {hint}")
     make = {"model": lambda: model_policy(model), "fused": lambda: fused_policy(model, fusion_window), "mean": lambda: mean_policy(model),
-            "oracle": oracle_policy}
+            "oracle": oracle_policy,
+            "sequence": lambda: need("sequence", head is not None, "no sequence model (pass --sequence_model RUN/sequence_model.pt; "
+                                     "train one with cardiac-dreamer train-sequence)") or sequential_policy(seq_model, "sequence", head),
+            "dream": lambda: need("dream", tau is not None, "needs a temperature (--dream_tau, or sequence_metrics.json of the run)")
+                             or sequential_policy(model, "dream", window=fusion_window, tau=float(tau))}
     out = []
     for p in names:
         if isinstance(p, Policy): out.append(p); continue
@@ -251,8 +289,10 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
                    spread:float=_NAV.spread, # start offsets uniform within spread x the training std of at1, per axis
                    tol_mm:float=_NAV.tol_mm, # success tolerance (mm)
                    tol_deg:float=_NAV.tol_deg, # success tolerance (deg)
-                   fusion_window:int=_NAV.fusion_window, # frames fused by the `fused` policy
+                   fusion_window:int=_NAV.fusion_window, # frames fused by the `fused` and `dream` policies
                    image_size:int|None=None, # rendered frame size (default: the model's image size)
+                   sequence_model=None, # the `sequence` policy's head: a sequence_model.pt, its run folder, or (model, head)
+                   dream_tau:float|None=None, # the `dream` policy's temperature (default: chosen on validation, sequence_metrics.json)
                    progress:bool=False, # tqdm bar over (policy, patient) batches
                   ) -> NavigationResult:
     "Closed-loop navigation episodes for each policy from the same start poses; episodes, per-policy summary, trajectories."
@@ -261,7 +301,7 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
         raise CardiacDreamerError("closed-loop navigation adds the predicted move to the pose (additive labels, as in the phantom); "
                                   "this model was trained with se3 labels")
     if episodes < 1: raise CardiacDreamerError(f"episodes={episodes}: need at least one episode")
-    patients, pols = load_navigation_patients(patient_dirs), _policies(policies, model, fusion_window)
+    patients, pols = load_navigation_patients(patient_dirs), _policies(policies, model, fusion_window, sequence_model, dream_tau)
     offset = spread * _to_degrees(model.at1_std.double().cpu().numpy(), model.angle_unit)
     starts = start_poses(patients, episodes, np.random.default_rng(seed), offset, tol_mm, tol_deg)
     size, eps, steps = int(image_size or model.cfg.image_size), [], []
@@ -274,6 +314,8 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
     episodes_df = pd.DataFrame(eps).sort_values(["policy", "episode"], key=_policy_order(pols), kind="stable").reset_index(drop=True)
     settings = dict(episodes=episodes, seed=seed, policies=[p.name for p in pols], gain=gain, max_step=_step_limit(max_step).tolist(),
                     max_steps=max_steps, spread=spread, start_offset=offset.tolist(), tol_mm=tol_mm, tol_deg=tol_deg, image_size=size,
+                    sequence_model=None if sequence_model is None or isinstance(sequence_model, (tuple, list)) else str(sequence_model),
+                    dream_tau=next((p.tau for p in pols if getattr(p, "tau", None) is not None), None),
                     fusion_window=fusion_window, fusion="inverse_variance" if model.cfg.uncertainty != "none" else "huber",
                     patients=[p.patient_id for p in patients], targets={p.patient_id: p.target_pose.tolist() for p in patients})
     return NavigationResult(episodes_df, summarize_navigation(episodes_df), pd.DataFrame(steps), settings)
