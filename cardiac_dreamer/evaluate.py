@@ -29,10 +29,10 @@ from .runs import resolve_path, run_dir_of_checkpoint, run_notebook
 # %% auto #0
 __all__ = ['PATHS', 'COVERAGE_LEVELS', 'RELIABILITY_LEVELS', 'pose_errors', 'predictions_frame', 'sweep_ids',
            'predict_transitions', 'error_stats', 'interval_half_width', 'interval_coverage', 'calibration_metrics',
-           'calibration_table', 'compute_metrics', 'metrics_table', 'within_table', 'per_patient_table',
-           'write_predictions', 'read_predictions', 'plot_error_distributions', 'plot_pred_vs_true',
-           'plot_error_vs_distance', 'plot_error_along_trajectory', 'save_evaluation_figures', 'evaluation_inputs',
-           'evaluate_run', 'evaluate_checkpoint']
+           'calibration_table', 'scale_factors', 'rescaled', 'compute_metrics', 'metrics_table', 'within_table',
+           'per_patient_table', 'write_predictions', 'read_predictions', 'plot_error_distributions',
+           'plot_pred_vs_true', 'plot_error_vs_distance', 'plot_error_along_trajectory', 'save_evaluation_figures',
+           'evaluation_inputs', 'evaluate_run', 'evaluate_checkpoint']
 
 # %% ../nbs/13_evaluate.ipynb #a3219979
 PATHS = ("single", "composed", "baseline")  # single-frame, composed world-model and mean-predictor paths
@@ -200,6 +200,25 @@ def calibration_table(metrics:dict, # from `compute_metrics` (its "calibration" 
     qs = {"coverage 50 %": "coverage50", "coverage 90 %": "coverage90", "mean scale": "mean_scale", "90 % half-width": "mean_halfwidth90"}
     return pd.DataFrame({(q, p): [m[f"{k}_{a}"] for a in POSE_AXES] for q, k in qs.items() for p, m in cal.items()},
                         index=pd.Index([f"{a} ({u})" for a, u in zip(POSE_AXES, POSE_UNITS)], name="axis"))
+
+# %% ../nbs/13_evaluate.ipynb #135a9580
+def scale_factors(df:pd.DataFrame, # validation predictions with `scale_*` columns (never the test split)
+                  level:float=0.9, # the interval whose coverage the factors set to `level` on these frames
+                 ) -> dict: # path -> axis -> factor
+    "Per path and axis, the factor f that makes the central `level` interval of f x the predicted scale cover `level` of these errors."
+    out = {}
+    for p in _scale_paths(df):
+        dist, err, sc = str(df["uncertainty"].iloc[0]), _vectors(df, f"err_{p}"), _vectors(df, f"scale_{p}")
+        r = np.abs(err) / interval_half_width(sc, level, dist)
+        out[p] = {a: float(np.quantile(r[:, i], level)) for i, a in enumerate(POSE_AXES)}
+    return out
+
+def rescaled(df:pd.DataFrame, factors:dict) -> pd.DataFrame:
+    "A copy of a predictions table with every `scale_{path}_{axis}` multiplied by `factors[path][axis]`."
+    out = df.copy()
+    for p, f in factors.items():
+        for a, v in f.items(): out[f"scale_{p}_{a}"] = out[f"scale_{p}_{a}"] * v
+    return out
 
 # %% ../nbs/13_evaluate.ipynb #711af3b2
 OVERALL = {"translation_mm": ("translation (mm, Euclidean)", "mm"), "rotation_geodesic_deg": ("rotation (deg, geodesic)", "deg"),
@@ -451,6 +470,11 @@ def evaluate_run(checkpoint:str|Path, # a .ckpt written by the trainer
     out.mkdir(parents=True, exist_ok=True)
     df = predict_transitions(model, transitions, batch_size, progress=progress)
     metrics = compute_metrics(df) | {"evaluation": info}
+    val = [p for p in info["splits"].get("val", []) if p not in info["patients"]]
+    if model.cfg.uncertainty != "none" and val:  # per-axis scale factors fitted on the validation patients, applied to these frames
+        _, vt, _ = evaluation_inputs(checkpoint, info["data_dir"], val)
+        factors = scale_factors(predict_transitions(model, vt, batch_size))
+        metrics |= dict(scale_factors=factors, calibration_recalibrated=calibration_metrics(rescaled(df, factors)))
     write_predictions(df, out / "predictions.csv")
     atomic_write_json(out / "metrics.json", metrics)
     if figures: save_evaluation_figures(df, out / "plots")

@@ -1,0 +1,117 @@
+"""Tests of the learned sequence model and the dreamer at inference (cardiac_dreamer.sequence): windows, training as a run's second
+stage, the files it writes, its errors, and the sequential navigation policies."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cardiac_dreamer.config import CardiacDreamerError, ConfigError, SequenceConfig, config_from_dict
+from cardiac_dreamer.data import index_dataset
+from cardiac_dreamer.model import CheckpointError
+from cardiac_dreamer.sequence import SEQUENCE_FILE, carried_windows, load_sequence_model, sweep_frames
+from conftest import cli
+
+
+def test_windows_never_cross_sweeps_or_patients(tiny_phantom):
+    idx = index_dataset(tiny_phantom)
+    sf = sweep_frames(idx.transitions)
+    meta = {p: json.loads((tiny_phantom / p / "phantom.json").read_text()) for p in idx.patients}
+    # every patient's 12 transitions in sweeps of meta["sweep"] transitions: one frame more per sweep than transitions
+    n_sweeps = {p: int(np.ceil(m["transitions"] / m["sweep"])) for p, m in meta.items()}
+    assert len(sf) == sum(m["transitions"] + n_sweeps[p] for p, m in meta.items())
+    K = 5
+    _, _, valid = carried_windows(np.zeros((len(sf), 6)), sf.motion, sf.position, K)
+    lag = np.arange(K - 1, -1, -1)
+    for i in range(len(sf)):
+        for j in np.flatnonzero(valid[i].numpy()):
+            k = i - lag[j]
+            assert sf.patient[k] == sf.patient[i] and sf.sweep[k] == sf.sweep[i] and sf.position[k] == sf.position[i] - lag[j]
+    # the first frame of every sweep has no history; a frame at position p has min(p, K-1) earlier frames
+    np.testing.assert_array_equal(valid.sum(1).numpy(), np.minimum(sf.position, K - 1) + 1)
+
+
+def test_labels_chain_through_the_motions_inside_a_sweep(tiny_phantom):
+    sf = sweep_frames(index_dataset(tiny_phantom).transitions)
+    carried, _, valid = carried_windows(sf.at, sf.motion, sf.position, 7)  # exact estimates, carried: the present truth
+    err = (carried - torch.as_tensor(sf.at)[:, None]).abs()[valid]
+    assert err.max() < 1e-6
+
+
+def test_sequence_config_is_validated():
+    assert config_from_dict({"sequence": {"window": 5}}).sequence.window == 5
+    with pytest.raises(ConfigError, match="windw"):
+        config_from_dict({"sequence": {"windw": 5}})
+    with pytest.raises(ConfigError, match="divisible"):
+        SequenceConfig(d_model=30, num_heads=4)
+    with pytest.raises(ConfigError, match="window"):
+        SequenceConfig(window=0)
+
+
+@pytest.fixture(scope="module")
+def sequence_run(trained_run, tmp_path_factory):
+    "A copy of the debug run with a sequence head trained by `cardiac-dreamer train-sequence`."
+    run = tmp_path_factory.mktemp("seq") / trained_run.name
+    shutil.copytree(trained_run, run)
+    r = cli("train-sequence", "--run_dir", run, "--set", "sequence.max_epochs=3", "--set", "sequence.window=4", "--no_progress")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "chosen on validation: fusion window" in r.stdout
+    return run
+
+
+def test_train_sequence_writes_its_files(sequence_run):
+    for name in (SEQUENCE_FILE, "sequence_metrics.json", "sequence_predictions.csv", "plots/sequence_val.png", "plots/sequence_test.png",
+                 "logs/sequence/metrics.csv", "checkpoints/sequence/best.ckpt"):
+        assert (sequence_run / name).is_file(), name
+    s = json.loads((sequence_run / "sequence_metrics.json").read_text())
+    assert s["sequence"]["window"] == 4 and s["training"]["epochs"] == 3
+    c = s["chosen_on_validation"]
+    assert c["fusion_scores"][str(c["fusion_window"])] == min(c["fusion_scores"].values())  # the best window on validation
+    for split in ("val", "test"):
+        m = s["metrics"][split]
+        assert set(m["paths"]) >= {"single", "fused", "sequence", "baseline"}
+        assert all(0 < v < 10 for p in m["paths"].values() for v in p["ratio"].values())
+    model, head, cfg = load_sequence_model(sequence_run)
+    assert cfg.window == 4 and head.window == 4 and not head.training
+
+
+def test_train_sequence_keeps_an_existing_head(sequence_run):
+    before = (sequence_run / SEQUENCE_FILE).read_bytes()
+    r = cli("train-sequence", "--run_dir", sequence_run, "--set", "sequence.max_epochs=1", "--no_progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (sequence_run / SEQUENCE_FILE).read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "sequence.windw=3"], "valid keys: sequence.enabled"),
+    (["--set", "model.d_model=3"], "not a sequence setting"),
+])
+def test_train_sequence_bad_settings(trained_run, tmp_path, args, message):
+    run = tmp_path / "run"; shutil.copytree(trained_run, run)
+    r = cli("train-sequence", "--run_dir", run, *args, "--no_progress")
+    assert r.returncode != 0 and message in r.stderr + r.stdout
+    assert not (run / SEQUENCE_FILE).exists()
+
+
+def test_train_sequence_needs_a_finished_run(tmp_path):
+    r = cli("train-sequence", "--run_dir", tmp_path, "--no_progress")
+    assert r.returncode != 0 and "final_model.ckpt" in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+def test_corrupt_sequence_model_is_refused(sequence_run, tmp_path):
+    bad = tmp_path / SEQUENCE_FILE
+    bad.write_bytes((sequence_run / SEQUENCE_FILE).read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=str(bad)):
+        load_sequence_model(bad)
+
+
+def test_sequential_navigation_policies(sequence_run):
+    from cardiac_dreamer.navigate import navigation_inputs, run_navigation
+    model, dirs, _ = navigation_inputs(sequence_run / "final_model.ckpt")
+    res = run_navigation(model, dirs, episodes=3, max_steps=4, policies=["model", "sequence", "dream"], sequence_model=sequence_run,
+                         fusion_window=3)
+    assert list(res.summary.index) == ["model", "sequence", "dream"]
+    assert res.settings["dream_tau"] == json.loads((sequence_run / "sequence_metrics.json").read_text())["chosen_on_validation"]["dream_tau"]
+    with pytest.raises(CardiacDreamerError, match="no sequence model"):
+        run_navigation(model, dirs, episodes=1, max_steps=1, policies=["sequence"])
