@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .config import AblationArms, CardiacDreamerError, NavigationSettings, atomic_write_json, atomic_write_text
+from .config import AblationArms, CardiacDreamerError, NavigationSettings, atomic_write_json, atomic_write_text, find_config
 from .executors import Trial, _driving, _finish_study, failed_trials, run_trials
 from .evaluate import PATHS, _path_colors, compute_metrics, evaluate_run, read_predictions
 from .geometry import POSE_AXES, POSE_UNITS
@@ -38,6 +38,12 @@ def _abs(p) -> str:
     "An absolute path string for a user path ('' for none)."
     r = resolve_path(p) if p else None
     return str(Path(r).resolve()) if r else ""
+
+def _config_abs(p) -> str:
+    "The absolute path of a configuration: a YAML file, or a shipped one by name (`demo`, `configs/demo.yaml`); '' for none."
+    if not p: return ""
+    r = resolve_path(p)
+    return str(Path(r).resolve()) if r is not None and Path(r).exists() else str(find_config(p).resolve())
 
 def _study_request(folder, kind:str, settings:dict, defaults:dict) -> tuple:
     "(folder or None, request): a reopened folder's stored request (given settings must agree), else the settings with defaults."
@@ -137,7 +143,7 @@ def run_cv(config_path:str|Path|None=None, # YAML configuration (required for a 
            executor=None, # where the folds train: `LocalExecutor()` (default, or the one `use_executor` set), `RayExecutor(...)`
           ) -> Path:
     "Subject-level k-fold cross-validation: one training run per fold (papermill), each evaluated on its test fold, then the report."
-    folder, req = _study_request(cv_dir, "cv", dict(config_path=_abs(config_path) or None, folds=folds, data_dir=_abs(data_dir) or None,
+    folder, req = _study_request(cv_dir, "cv", dict(config_path=_config_abs(config_path) or None, folds=folds, data_dir=_abs(data_dir) or None,
                                                     subjects_file=_abs(subjects_file) or None,
                                                     overrides=list(overrides) if overrides is not None else None),
                                  dict(folds=5, data_dir="", subjects_file="", overrides=[]))
@@ -278,7 +284,7 @@ def run_sweep(config_path:str|Path|None=None, # YAML configuration (required for
               executor=None, # where the points train: `LocalExecutor()` (default, or the one `use_executor` set), `RayExecutor(...)`
              ) -> Path:
     "One training run per grid point (papermill), then the comparison report and the winning configuration (best_config.yaml)."
-    folder, req = _study_request(sweep_dir, "sweep", dict(config_path=_abs(config_path) or None, grid=list(grid) if grid else None,
+    folder, req = _study_request(sweep_dir, "sweep", dict(config_path=_config_abs(config_path) or None, grid=list(grid) if grid else None,
                                                           data_dir=_abs(data_dir) or None, overrides=list(overrides) if overrides is not None else None),
                                  dict(data_dir="", overrides=[]))
     if not req["config_path"] or not req["grid"]: raise CardiacDreamerError("sweep: --config and --grid are required to start a sweep")
@@ -394,7 +400,7 @@ def run_ablation(config_path:str|Path|None=None, # YAML configuration (required 
                  executor=None, # where the runs train: `LocalExecutor()` (default, or the one `use_executor` set), `RayExecutor(...)`
                 ) -> Path:
     "Train every arm x seed with the same budget, data and splits; evaluate and navigate each; then the report."
-    folder, req = _study_request(ablation_dir, "ablation", dict(config_path=_abs(config_path) or None, seeds=list(map(int, seeds)) if seeds else None,
+    folder, req = _study_request(ablation_dir, "ablation", dict(config_path=_config_abs(config_path) or None, seeds=list(map(int, seeds)) if seeds else None,
                                  data_dir=_abs(data_dir) or None, overrides=list(overrides) if overrides is not None else None,
                                  arms=_check_arms(arms) if arms else None), dict(seeds=[0, 1, 2], data_dir="", overrides=[], arms=list(_ARMS.names)))
     if not req["config_path"]: raise CardiacDreamerError("ablation: --config is required to start an ablation")

@@ -24,7 +24,7 @@ from .config import CardiacDreamerError, atomic_write_json, atomic_write_text
 from .plots import _new_figure, _themed
 from .runs import read_status, resolve_config, run_notebook
 from .executors import Trial, TrialsFailed, _driving, failed_trials, read_trials, run_trials
-from .studies import _abs
+from .studies import _abs, _config_abs
 from .system import MONITOR
 from .train import finish_run, prepare_run, train_model
 
@@ -142,7 +142,7 @@ def _tune_request(config_path, space, data_dir, overrides, output_dir, study_nam
     if not config_path or not space: raise CardiacDreamerError("tune: --config and --space are required")
     name = study_name or f"{Path(config_path).stem}-{Path(space).stem}"
     folder = Path(_abs(output_dir) or output_dir) / f"tune_{name}"
-    req = dict(config_path=_abs(config_path), space=load_space(space), data_dir=_abs(data_dir), overrides=list(overrides or []),
+    req = dict(config_path=_config_abs(config_path), space=load_space(space), data_dir=_abs(data_dir), overrides=list(overrides or []),
                study_name=name, storage=storage or f"sqlite:///{folder / 'optuna.db'}", seed=int(seed), pruner=pruner)
     p = folder / "tune_request.json"
     if p.is_file():
