@@ -16,7 +16,8 @@ from .config import AblationArms, CardiacDreamerError, NavigationSettings, field
 from .cli_args import _csv, _checkpoint_file, _int_list, _log_to_stderr, _checkpoint_args, _study_args
 
 # %% auto #0
-__all__ = ['cmd_evaluate', 'cmd_train_sequence', 'cmd_navigate', 'cmd_cv', 'cmd_sweep', 'cmd_ablation', 'cmd_tune', 'cmd_bench']
+__all__ = ['cmd_evaluate', 'cmd_train_sequence', 'cmd_world_model_study', 'cmd_navigate', 'cmd_cv', 'cmd_sweep', 'cmd_ablation',
+           'cmd_tune', 'cmd_bench']
 
 # %% ../nbs/18b_cli_studies.ipynb #90d4e8f2
 def cmd_evaluate(args) -> int:
@@ -49,6 +50,14 @@ def cmd_train_sequence(args) -> int:
         print(f"\n{split}: MAE / mean-predictor MAE, {m['n_frames']} frames with >= {m['min_history']} frames of history ({m['n_patients']} patients)")
         print(sequential_ratio_table(m).round(3).to_string())
     print(f"\nWrote {args.run_dir}/sequence_model.pt, sequence_metrics.json, sequence_predictions.csv, plots/sequence_*.png")
+    return 0
+
+def cmd_world_model_study(args) -> int:
+    "`cardiac-dreamer world-model-study`: arms a-e of the world-model study on a finished ablation (full, no_world_model)."
+    from cardiac_dreamer.wm_study import run_world_model_study, world_model_table  # lazy
+    s = run_world_model_study(args.ablation_dir, progress=not args.no_progress)
+    print(world_model_table(s).to_string())
+    print(f"\nWrote {args.ablation_dir}/world_model_study.json and world_model_study.csv")
     return 0
 
 def _navigation_settings(args) -> dict:
@@ -130,6 +139,10 @@ def _add_evaluation_commands(subparsers, # the `add_subparsers()` object of the 
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="sequence.KEY=VALUE",
                    help="override one sequence setting (repeatable), e.g. --set sequence.window=5")
     q.add_argument("--no_progress", action="store_true", help="hide progress bars"); q.set_defaults(func=cmd_train_sequence)
+    w = subparsers.add_parser("world-model-study", help="arms a-e (no world model, world model, fusion, sequence model, dreamer at "
+                              "inference) on a finished ablation: sequence heads, closed loop, paired tests")
+    w.add_argument("--ablation_dir", required=True, help="a finished ablation folder with the arms full and no_world_model")
+    w.add_argument("--no_progress", action="store_true", help="hide progress bars"); w.set_defaults(func=cmd_world_model_study)
     a = subparsers.add_parser("ablation", help="does the world model help? full / no world model / no latent loss over seeds")
     _study_args(a, "ablation")
     a.add_argument("--seeds", type=_int_list, default=[], help="comma-separated training seeds (default 0,1,2)")
