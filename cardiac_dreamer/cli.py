@@ -259,6 +259,8 @@ EXAMPLES = {  # one example per subcommand, shown under its --help (a subcommand
     "cv": "cardiac-dreamer cv --config demo --folds 5",
     "sweep": "cardiac-dreamer sweep --config demo --grid training.lr=3e-4,1e-3 model.d_model=128,256",
     "ablation": "cardiac-dreamer ablation --config demo --seeds 0,1,2",
+    "train-sequence": "cardiac-dreamer train-sequence --run_dir outputs/run_20250101_120000 --set sequence.window=5",
+    "world-model-study": "cardiac-dreamer world-model-study --ablation_dir outputs/ablation_20250101_120000",
     "bench": "cardiac-dreamer bench --config demo --quick",
 }
 

@@ -115,3 +115,8 @@ def test_sequential_navigation_policies(sequence_run):
     assert res.settings["dream_tau"] == json.loads((sequence_run / "sequence_metrics.json").read_text())["chosen_on_validation"]["dream_tau"]
     with pytest.raises(CardiacDreamerError, match="no sequence model"):
         run_navigation(model, dirs, episodes=1, max_steps=1, policies=["sequence"])
+
+
+def test_world_model_study_needs_an_ablation(tmp_path):
+    r = cli("world-model-study", "--ablation_dir", tmp_path, "--no_progress")
+    assert r.returncode != 0 and "ablation_request.json: not found" in r.stderr + r.stdout and "Traceback" not in r.stderr
