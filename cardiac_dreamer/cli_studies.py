@@ -34,14 +34,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train_sequence(args) -> int:
     "`cardiac-dreamer train-sequence`: the learned sequence model as the second stage of a finished training run."
-    from cardiac_dreamer.config import SequenceConfig, _parse_override
+    from cardiac_dreamer.config import SequenceConfig, _parse_override  # lazy: --help stays fast
     names, overrides = [f.name for f in dataclasses.fields(SequenceConfig)], {}
     for o in args.overrides:
         sec, key, v = _parse_override(o)
         if sec != "sequence" or key not in names:
             raise CardiacDreamerError(f"--set {sec}.{key}: not a sequence setting; valid keys: {', '.join('sequence.' + n for n in names)}")
         overrides[key] = v
-    from cardiac_dreamer.sequence import sequential_ratio_table, train_sequence  # lazy
+    from cardiac_dreamer.sequence import sequential_ratio_table, train_sequence  # lazy: --help stays fast
     s = train_sequence(args.run_dir, overrides, args.data_dir, progress=not args.no_progress)
     c = s["chosen_on_validation"]
     print(f"Sequence head: best epoch {s['training'].get('best_epoch')} of {s['training'].get('epochs')}; chosen on validation: fusion window "
