@@ -25,15 +25,15 @@ from .fusion import SequentialFuser
 from .sequence import SEQUENCE_FILE, SequenceTracker, load_sequence_model
 from .geometry import POSE_AXES, rotation_distance_deg
 from .model import CardiacDreamer
-from .phantom import action_to_target, load_phantom_patient, render_batch, sample_start_pose
+from .phantom import VOLUME_CACHE, action_to_target, load_phantom_patient, render_batch, sample_start_pose
 from .plots import _new_figure, _themed, save_figure
 from .runs import resolve_path, run_notebook
 
 # %% auto #0
 __all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'fused_policy', 'sequential_policy', 'target_errors',
-           'navigate_batch', 'navigate_episode', 'NavigationResult', 'load_navigation_patients', 'summarize_navigation',
-           'start_poses', 'run_navigation', 'plot_navigation', 'plot_navigation_paths', 'write_navigation',
-           'navigation_inputs', 'navigate_checkpoint']
+           'navigate_batch', 'navigate_episodes', 'navigate_episode', 'NavigationResult', 'load_navigation_patients',
+           'summarize_navigation', 'start_poses', 'run_navigation', 'plot_navigation', 'plot_navigation_paths',
+           'write_navigation', 'navigation_inputs', 'navigate_checkpoint']
 
 # %% ../nbs/14_navigate.ipynb #8824bbdf
 @dataclass
@@ -67,7 +67,10 @@ def mean_policy(model, # a `CardiacDreamer` (its `at1_mean` buffer) or a 6-vecto
 def oracle_policy(name:str="oracle", # label of the policy
                  ) -> Policy:
     "The oracle: the true move to the target (`phantom.action_to_target`), from the true probe pose."
-    return Policy(name, lambda frames, poses, patient: action_to_target(patient, poses), needs_frames=False)
+    def act(frames, poses, patient): # one patient, or one per row (`navigate_episodes` over several patients)
+        if isinstance(patient, (list, tuple)): return np.stack([p.target_pose for p in patient]) - np.asarray(poses, dtype=np.float64)
+        return action_to_target(patient, poses)
+    return Policy(name, act, needs_frames=False)
 
 def fused_policy(model, # a `CardiacDreamer`
                  window:int=NavigationSettings.fusion_window, # frames fused, the present one included (1 = `model_policy`)
@@ -140,16 +143,33 @@ def navigate_batch(policy:Policy, # the guidance policy
                    tol_deg:float=_NAV.tol_deg, # ... and final geodesic rotation angle (deg) at most this
                    image_size:int=64, # side of the rendered frames
                   ) -> dict:
-    "Run N episodes in lockstep: trajectories [N, max_steps+1, 6], errors per step [N, max_steps+1], success and steps to success [N]."
+    "Run N episodes in one patient in lockstep: trajectories [N, max_steps+1, 6], errors per step [N, max_steps+1], success and steps to success [N]."
+    n = len(np.asarray(start_poses, dtype=np.float64).reshape(-1, 6))
+    return navigate_episodes(policy, [patient] * n, start_poses, gain, max_step, max_steps, tol_mm, tol_deg, image_size)
+
+def navigate_episodes(policy:Policy, # the guidance policy
+                      patients:Sequence, # the `phantom.PhantomPatient` of each episode (episodes in several patients run together)
+                      start_poses, # [N, 6] start probe poses (mm, deg)
+                      gain:float=_NAV.gain, max_step=_NAV.max_step, max_steps:int=_NAV.max_steps, tol_mm:float=_NAV.tol_mm,
+                      tol_deg:float=_NAV.tol_deg, image_size:int=64,
+                     ) -> dict:
+    "`navigate_batch` over episodes in any patients: each step renders every episode's frame and asks the policy once for all of them."
     poses, lim = np.array(start_poses, dtype=np.float64).reshape(-1, 6), _step_limit(max_step)
+    if len(patients) != len(poses): raise CardiacDreamerError(f"navigate_episodes: {len(patients)} patients for {len(poses)} start poses")
+    groups = {}
+    for i, p in enumerate(patients): groups.setdefault(id(p), (p, []))[1].append(i)
+    one = len(groups) == 1
     if policy.reset is not None: policy.reset()
     traj = [poses]
     for _ in range(int(max_steps)):
-        frames = render_batch(patient, poses, image_size) if policy.needs_frames else None
-        poses = poses + np.clip(gain * policy(frames, poses, patient), -lim, lim)
+        frames = None
+        if policy.needs_frames:
+            frames = np.empty((len(poses), image_size, image_size), dtype=np.uint8)
+            for p, idx in groups.values(): frames[idx] = render_batch(p, poses[idx], image_size)
+        poses = poses + np.clip(gain * policy(frames, poses, patients[0] if one else list(patients)), -lim, lim)
         traj.append(poses)
     traj = np.stack(traj, 1)
-    te, re = target_errors(traj, patient.target_pose)
+    te, re = target_errors(traj, np.stack([p.target_pose for p in patients])[:, None])
     ok = (te <= tol_mm) & (re <= tol_deg)
     stays = np.flip(np.logical_and.accumulate(np.flip(ok, 1), 1), 1)  # within tolerance from this step to the end
     success = ok[:, -1]
@@ -305,12 +325,18 @@ def run_navigation(checkpoint_or_model, # a .ckpt path or a `CardiacDreamer`
     offset = spread * _to_degrees(model.at1_std.double().cpu().numpy(), model.angle_unit)
     starts = start_poses(patients, episodes, np.random.default_rng(seed), offset, tol_mm, tol_deg)
     size, eps, steps = int(image_size or model.cfg.image_size), [], []
-    jobs = [(pol, i) for pol in pols for i in range(len(patients))]
-    for pol, i in tqdm(jobs, disable=not progress, desc="navigate", unit="batch"):
-        idx = list(range(i, episodes, len(patients)))
-        if not idx: continue
-        r = navigate_batch(pol, patients[i], np.stack([starts[e] for e in idx]), gain, max_step, max_steps, tol_mm, tol_deg, size)
-        e_rows, s_rows = _episode_rows(pol, patients[i], idx, r); eps += e_rows; steps += s_rows
+    chunk = max(1, VOLUME_CACHE - 8)  # patients stepped in lockstep: their rendered volumes stay cached (`phantom.VOLUME_CACHE`)
+    jobs = [(pol, list(range(c, min(c + chunk, len(patients))))) for pol in pols for c in range(0, len(patients), chunk)]
+    for pol, pats in tqdm(jobs, disable=not progress, desc="navigate", unit="batch"):  # one model call per step for all their episodes
+        eps_idx = [e for e in range(episodes) if e % len(patients) in pats]
+        if not eps_idx: continue
+        r = navigate_episodes(pol, [patients[e % len(patients)] for e in eps_idx], np.stack([starts[e] for e in eps_idx]), gain, max_step,
+                              max_steps, tol_mm, tol_deg, size)
+        for i in pats:
+            pos = [j for j, e in enumerate(eps_idx) if e % len(patients) == i]
+            if not pos: continue
+            e_rows, s_rows = _episode_rows(pol, patients[i], [eps_idx[j] for j in pos], {k: v[pos] for k, v in r.items()})
+            eps += e_rows; steps += s_rows
     episodes_df = pd.DataFrame(eps).sort_values(["policy", "episode"], key=_policy_order(pols), kind="stable").reset_index(drop=True)
     settings = dict(episodes=episodes, seed=seed, policies=[p.name for p in pols], gain=gain, max_step=_step_limit(max_step).tolist(),
                     max_steps=max_steps, spread=spread, start_offset=offset.tolist(), tol_mm=tol_mm, tol_deg=tol_deg, image_size=size,

@@ -38,6 +38,7 @@ FAN_DEG = 80.0  # opening angle of the sector
 # %% ../nbs/06_phantom.ipynb #a8b0f164
 _VOXEL_MM = 1.6  # anatomy voxel size
 _SHAPE = (128, 160, 160)  # anatomy grid (z, y, x) in the heart frame
+VOLUME_CACHE = 40  # patients whose painted volumes are kept (about 27 MB each)
 _BOX_MIN = (-128.0, -128.0, -88.0)  # heart-frame position of voxel (0, 0, 0): x, y, z (mm)
 _SPECKLE_MM, _SPECKLE_N = 0.75, 64  # periodic speckle tile: voxel size, voxels per side
 _R0, _A0 = 0.08, 0.006  # background tissue reflectivity and attenuation (1/mm)
@@ -292,7 +293,7 @@ def _build_volume(p: PhantomPatient):
     vol = torch.stack([cv.R.clamp_min(0) - _R0, cv.A - _A0])[None].contiguous()  # zero outside = plain tissue
     return vol, _speckle(g)
 
-@functools.lru_cache(maxsize=6)
+@functools.lru_cache(maxsize=VOLUME_CACHE)  # about 27 MB each; navigation steps many patients in lockstep (`navigate.run_navigation`)
 def _cached_volume(key: str): return _build_volume(PhantomPatient.from_dict(json.loads(key)))
 
 def _volume(p: PhantomPatient): return _cached_volume(json.dumps(p.to_dict(), sort_keys=True))
