@@ -42,6 +42,8 @@ def cmd_train_sequence(args) -> int:
             raise CardiacDreamerError(f"--set {sec}.{key}: not a sequence setting; valid keys: {', '.join('sequence.' + n for n in names)}")
         overrides[key] = v
     from cardiac_dreamer.sequence import sequential_ratio_table, train_sequence  # lazy: --help stays fast
+    from cardiac_dreamer.runs import quiet_chatter  # lazy: --help stays fast
+    quiet_chatter()  # Lightning's set-up notes stay out of the terminal, as in `train`
     s = train_sequence(args.run_dir, overrides, args.data_dir, progress=not args.no_progress)
     c = s["chosen_on_validation"]
     print(f"Sequence head: best epoch {s['training'].get('best_epoch')} of {s['training'].get('epochs')}; chosen on validation: fusion window "
@@ -55,6 +57,8 @@ def cmd_train_sequence(args) -> int:
 def cmd_world_model_study(args) -> int:
     "`cardiac-dreamer world-model-study`: arms a-e of the world-model study on a finished ablation (full, no_world_model)."
     from cardiac_dreamer.wm_study import run_world_model_study, world_model_table  # lazy
+    from cardiac_dreamer.runs import quiet_chatter  # lazy: --help stays fast
+    quiet_chatter()
     s = run_world_model_study(args.ablation_dir, progress=not args.no_progress)
     print(world_model_table(s).to_string())
     print(f"\nWrote {args.ablation_dir}/world_model_study.json and world_model_study.csv")
