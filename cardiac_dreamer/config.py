@@ -326,7 +326,7 @@ _SYNONYMS = {  # names from other projects -> the project's key: only suggested 
 }
 
 def _valid_keys(sec) -> list: return [f.name for f in dataclasses.fields(CONFIG_SECTIONS[sec])]
-def _field_sections(key) -> list: return [s for s in CONFIG_SECTIONS if key in _valid_keys(s)]
+def _field_sections(key) -> list: return [s for s in CONFIG_SECTIONS if s != "sequence" and key in _valid_keys(s)]  # sequence.*: never flat
 
 def _suggest(sec, key) -> Optional[str]:
     "The valid `section.key` closest to an unknown `key` written under `sec` (None: no section), or None."
