@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import CardiacDreamerError, NavigationSettings, atomic_write_json, atomic_write_text
 from .evaluate import _to_degrees, evaluation_inputs
 from .fusion import SequentialFuser
-from .sequence import SEQUENCE_FILE, SequenceTracker, load_sequence_model
+from .sequence import SequenceTracker, load_sequence_model
 from .geometry import POSE_AXES, rotation_distance_deg
 from .model import CardiacDreamer
 from .phantom import VOLUME_CACHE, action_to_target, load_phantom_patient, render_batch, sample_start_pose

@@ -30,7 +30,7 @@ from .geometry import POSE_AXES, POSE_UNITS
 from .losses import nll_loss
 from .model import LOG_SCALE_RANGE, CardiacDreamer, CheckpointError, _torch_load
 from .plots import _new_figure, _themed, save_figure
-from .runs import resolve_path, run_dir_of_checkpoint
+from .runs import resolve_path
 
 # %% auto #0
 __all__ = ['SEQUENCE_FILE', 'SEQUENCE_MONITOR', 'SEQUENCE_FORMAT_VERSION', 'SEQUENTIAL_MODES', 'SEQUENTIAL_PATHS', 'SweepFrames',
