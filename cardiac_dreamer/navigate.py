@@ -40,7 +40,7 @@ __all__ = ['Policy', 'model_policy', 'mean_policy', 'oracle_policy', 'fused_poli
 class Policy:
     "A guidance policy for closed-loop navigation."
     name: str  # label in tables and figures
-    act: Callable  # (frames uint8 [N,H,W] or None, probe poses [N,6], patient) -> actions [N,6] (mm / deg)
+    act: Callable  # (frames uint8 [N,H,W] or None, probe poses [N,6], patient, or a list of one per row) -> actions [N,6] (mm / deg)
     needs_frames: bool = True  # False: the simulator does not render frames for it (oracle, mean predictor)
     reset: Callable|None = None  # called at the start of every batch of episodes (stateful policies forget their history)
 
