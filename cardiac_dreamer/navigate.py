@@ -223,7 +223,7 @@ def summarize_navigation(episodes:pd.DataFrame, # `NavigationResult.episodes`
                          "start_rot_err_mean": g.start_rot_err.mean()})
 
 # %% ../nbs/14_navigate.ipynb #579e7892
-def _sequential(seq, model, names) -> tuple:
+def _sequential(seq) -> tuple:
     "(model, head, chosen settings) of a sequence model: a sequence_model.pt or its run folder, or (model, head); (None, None, {}) without."
     if seq is None: return None, None, {}
     if isinstance(seq, (tuple, list)): return seq[0], seq[1], {}
@@ -234,7 +234,7 @@ def _sequential(seq, model, names) -> tuple:
 
 def _policies(names:Sequence, model, fusion_window:int=_NAV.fusion_window, sequence_model=None, dream_tau:float|None=None) -> list:
     "Policy names ('model', 'fused', 'sequence', 'dream', 'mean', 'oracle') or `Policy` objects -> policies."
-    seq_model, head, chosen = _sequential(sequence_model, model, names) if {"sequence", "dream"} & set(names) else (None, None, {})
+    seq_model, head, chosen = _sequential(sequence_model) if {"sequence", "dream"} & set(names) else (None, None, {})
     tau = dream_tau if dream_tau is not None else chosen.get("dream_tau")
     def need(what, ok, hint):
         if not ok: raise CardiacDreamerError(f"navigation policy {what!r}: {hint}")

@@ -348,8 +348,7 @@ class SequenceTracker:
     def reset(self): self._h = []  # held frames: dicts of pooled, est, log_scale, carried, since, dreamed, map
 
     def _carry(self, x:Tensor, m:Tensor) -> Tensor:
-        if self.model.label_convention == "additive": return x + m
-        return carry_estimate(x, m[:, None], "se3", self.model.angle_unit)
+        return carry_estimate(x, m[:, None], self.model.label_convention, self.model.angle_unit)
 
     @torch.inference_mode()
     def update(self, frames, motion_since_previous=None) -> Tensor: # [B, 6] move to the target (model units)
