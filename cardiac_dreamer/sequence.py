@@ -37,7 +37,7 @@ __all__ = ['SEQUENCE_FILE', 'SEQUENCE_MONITOR', 'SEQUENCE_FORMAT_VERSION', 'SEQU
            'sweep_frames', 'carried_windows', 'FrameFeatures', 'frame_features', 'features_of_paths', 'SequenceHead',
            'SequenceInputs', 'sequence_inputs', 'SequenceSystem', 'fit_sequence_head', 'tempfile_dir',
            'save_sequence_head', 'load_sequence_model', 'dream_agreement', 'dream_fuse', 'SequenceTracker',
-           'sequential_table', 'sequential_metrics', 'sequential_ratio_table', 'choose_on_validation',
+           'sequential_table', 'sequential_metrics', 'error_sharing', 'sequential_ratio_table', 'choose_on_validation',
            'plot_sequential', 'train_sequence']
 
 # %% ../nbs/13b_sequence.ipynb #b27dc604
@@ -419,11 +419,30 @@ def sequential_metrics(df:pd.DataFrame, # from `sequential_table`
                paths={p: dict(mae=mae(sel, p), ratio={a: v / base[a] if base[a] > 0 else None for a, v in mae(sel, p).items()}) for p in paths})
     out["by_history"] = {p: {int(h): {a: float(g[f"err_{p}_{a}"].abs().mean() / g[f"err_baseline_{a}"].abs().mean()) for a in POSE_AXES}
                              for h, g in df.groupby("history")} for p in paths if p != "baseline"}
+    if "single" in paths: out["error_sharing"] = error_sharing(df, "single", min_history)
+    return out
+
+def error_sharing(df:pd.DataFrame, # from `sequential_table` (or one split of a run's sequence_predictions.csv)
+                  path:str="single", # whose errors
+                  min_history:int=1, # frames counted in `floor` (the sweep means use every frame)
+                 ) -> dict:
+    "Per axis: `shared`, the share of the mean squared error common to a sweep; `floor`, MAE / mean predictor if each error were its sweep's mean."
+    sweep = [df.patient, df.sweep]
+    sel = (df.history >= min_history).to_numpy()
+    out = dict(shared={}, floor={}, min_history=int(min_history))
+    for a in POSE_AXES:
+        e = df[f"err_{path}_{a}"].astype(float); m = e.groupby(sweep).transform("mean")
+        base = float(df[f"err_baseline_{a}"].abs()[sel].mean())
+        mse = float((e ** 2).mean())
+        out["shared"][a] = float((m ** 2).mean() / mse) if mse > 0 else None  # mean(e²) = mean(m²) + mean((e - m)²)
+        out["floor"][a] = float(m[sel].abs().mean() / base) if base > 0 else None
     return out
 
 def sequential_ratio_table(metrics:dict) -> pd.DataFrame:
-    "Rows: axes (unit); columns: each path's MAE / mean-predictor MAE over the frames with enough history."
-    return pd.DataFrame({p: pd.Series(d["ratio"]) for p, d in metrics["paths"].items() if p != "baseline"}).rename_axis("axis")
+    "Rows: axes; columns: each path's MAE / mean-predictor MAE over the frames with enough history, and the sweep-average floor."
+    cols = {p: pd.Series(d["ratio"]) for p, d in metrics["paths"].items() if p != "baseline"}
+    if "error_sharing" in metrics: cols["sweep-average floor"] = pd.Series(metrics["error_sharing"]["floor"])
+    return pd.DataFrame(cols).rename_axis("axis")
 
 # %% ../nbs/13b_sequence.ipynb #4252506f
 def choose_on_validation(model:CardiacDreamer, sf:SweepFrames, feats:FrameFeatures, # the validation sweeps and their features
@@ -457,9 +476,10 @@ def plot_sequential(metrics:dict, # from `sequential_metrics` (its by_history)
     for ax, a in zip(axs, POSE_AXES):
         sns.lineplot(df[df.axis == a], x="history", y="ratio", hue="path", marker="o", ax=ax, legend=a == POSE_AXES[-1])
         ax.axhline(0.5, color="0.4", ls=":", lw=1); ax.axvline(metrics["min_history"], color="0.7", ls="--", lw=1)
+        if (fl := (metrics.get("error_sharing") or {}).get("floor", {}).get(a)) is not None: ax.axhline(fl, color="tab:red", ls="-.", lw=1)
         ax.set(title=f"{a} ({metrics['units'][a]})", xlabel="frames of history", ylabel="MAE / mean predictor")
     if axs[-1].get_legend(): sns.move_legend(axs[-1], "upper left", bbox_to_anchor=(1, 1), fontsize=8)
-    fig.suptitle(title or "per-frame error along the sweeps (dotted: the 0.5 target; dashed: min history)")
+    fig.suptitle((title or "per-frame error along the sweeps") + " (dotted: the 0.5 target; dashed: min history; red: sweep-average floor)")
     return fig
 
 # %% ../nbs/13b_sequence.ipynb #ea238012

@@ -20,11 +20,11 @@ from .config import CardiacDreamerError, NavigationSettings, atomic_write_json, 
 from .geometry import POSE_AXES
 from .navigate import run_navigation
 from .plots import _new_figure, _themed
-from .sequence import train_sequence
+from .sequence import error_sharing, train_sequence
 
 # %% auto #0
 __all__ = ['ARMS', 'ARM_LABELS', 'STUDY_FILE', 'NAV_FILE', 'sign_test', 'run_world_model_study', 'summarize_world_model_study',
-           'world_model_table', 'plot_world_model_study']
+           'world_model_table', 'averaging_floor_table', 'plot_world_model_study']
 
 # %% ../nbs/15b_wm_study.ipynb #d3c507dc
 ARMS = {"a": ("no_world_model", "model", "single"), "b": ("full", "model", "single"), "c": ("full", "fused", "fused"),
@@ -113,11 +113,13 @@ def _arm_rows(ad:Path, seed:int) -> list:
         if arm == "e" and not math.isfinite(sm["chosen_on_validation"].get("dream_tau", math.inf)): ep = ep.iloc[:0]  # not a distinct policy
         if not len(ep) and arm != "e": continue
         ok = ep.success.astype(bool)
+        pr = pd.read_csv(rd / "sequence_predictions.csv"); es = error_sharing(pr[pr.split == "test"], "single", m["min_history"])
         nav = lambda v: float(v) if len(ep) else math.nan
         rows.append(dict(arm=arm, seed=seed, success_rate=nav(ok.mean() if len(ep) else 0), steps_to_success_median=nav(ep.steps_to_success[ok].median() if len(ep) else 0),
                          final_trans_err_mean=nav(ep.final_trans_err.mean() if len(ep) else 0), final_rot_err_mean=nav(ep.final_rot_err.mean() if len(ep) else 0),
                          **{f"ratio_{a}": m["paths"][path]["ratio"][a] for a in POSE_AXES},
-                         **{f"mae_{a}": m["paths"][path]["mae"][a] for a in POSE_AXES}, dream_tau=sm["chosen_on_validation"].get("dream_tau"),
+                         **{f"mae_{a}": m["paths"][path]["mae"][a] for a in POSE_AXES},
+                         **{f"floor_{a}": es["floor"][a] for a in POSE_AXES}, **{f"shared_{a}": es["shared"][a] for a in POSE_AXES}, dream_tau=sm["chosen_on_validation"].get("dream_tau"),
                          fusion_window=sm["chosen_on_validation"]["fusion_window"], _success=ok.to_numpy() if len(ep) else None))
     return rows
 
@@ -137,6 +139,7 @@ def summarize_world_model_study(ablation_dir:str|Path) -> dict:
         g = g.set_index("seed"); seeds = sorted(set(g.index) & set(base.index))
         d = {}
         for m in metrics:
+            if m.startswith(("floor_", "shared_")): continue  # a property of the run's single-frame model, the same in b-e
             x, y = g.loc[seeds, m].to_numpy(float), base.loc[seeds, m].to_numpy(float)
             keep = ~(np.isnan(x) | np.isnan(y)); x, y = x[keep], y[keep]
             if not len(x): continue
@@ -168,6 +171,13 @@ def world_model_table(summary:dict) -> pd.DataFrame:
                                                              f"{v['episodes']['only_b']}, p = {v['episodes']['p_sign_test']:.3g})"}
     return pd.DataFrame(rows).T.rename_axis("arm")
 
+def averaging_floor_table(summary:dict) -> pd.DataFrame:
+    "Rows: the two trained models (arms a, b); per axis the sweep-average floor and the error share common to a sweep (mean ± std over seeds)."
+    fmt = lambda d: "-" if not d or d.get("mean") is None else f"{d['mean']:.2f}" + ("" if d.get("std") is None else f" ± {d['std']:.2g}")
+    return pd.DataFrame({summary["arms"][a]: {**{f"floor {ax}": fmt(summary["per_arm"][a].get(f"floor_{ax}")) for ax in POSE_AXES},
+                                              **{f"shared {ax}": fmt(summary["per_arm"][a].get(f"shared_{ax}")) for ax in POSE_AXES}}
+                         for a in ("a", "b") if a in summary["per_arm"]}).T.rename_axis("model")
+
 # %% ../nbs/15b_wm_study.ipynb #3e0a9d48
 @_themed
 def plot_world_model_study(summary:dict, figsize=(15, 4.5)):
@@ -181,5 +191,9 @@ def plot_world_model_study(summary:dict, figsize=(15, 4.5)):
     long["axis"] = long.axis.str.removeprefix("ratio_")
     sns.barplot(long, x="axis", y="ratio", hue="arm", errorbar="sd", ax=a2, alpha=0.85)
     a2.axhline(0.5, color="0.3", ls=":", lw=1); a2.set(ylabel="per-frame MAE / mean predictor (>= 4 frames of history)", xlabel="")
+    if "b" in summary["per_arm"] and "floor_x" in summary["per_arm"]["b"]:
+        fl = [summary["per_arm"]["b"][f"floor_{ax}"]["mean"] for ax in POSE_AXES]
+        a2.scatter(range(len(POSE_AXES)), fl, marker="_", s=900, color="tab:red", zorder=5)
+        a2.set_title("red: b's sweep-average floor (what averaging frames could reach)", fontsize=9)
     sns.move_legend(a2, "upper left", bbox_to_anchor=(1, 1), fontsize=8)
     return fig

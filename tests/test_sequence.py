@@ -120,3 +120,41 @@ def test_sequential_navigation_policies(sequence_run):
 def test_world_model_study_needs_an_ablation(tmp_path):
     r = cli("world-model-study", "--ablation_dir", tmp_path, "--no_progress")
     assert r.returncode != 0 and "ablation_request.json: not found" in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+def _synthetic_study(ad):
+    "An ablation folder as `world-model-study` leaves it: 2 seeds; validation chose tau = inf, so arm e has no closed loop of its own."
+    import pandas as pd
+    from cardiac_dreamer.config import atomic_write_json
+    from cardiac_dreamer.geometry import POSE_AXES
+    from cardiac_dreamer.wm_study import NAV_FILE
+    ad.mkdir()
+    atomic_write_json(ad / "ablation_request.json", dict(seeds=[0, 1], arms=["full", "no_world_model"], navigation=dict(episodes=4)))
+    for seed in (0, 1):
+        for run, pols in (("no_world_model", ["model"]), ("full", ["model", "fused", "sequence"])):
+            rd = ad / f"{run}_seed{seed}"; rd.mkdir()
+            ok = {"model": [1, 0, 0, 0], "fused": [1, 1, 0, 0], "sequence": [1, 1, 1, 0]}
+            pd.DataFrame([dict(policy=p, episode=e, success=bool(ok[p][e]), steps_to_success=3.0 if ok[p][e] else np.nan,
+                               final_trans_err=2.0, final_rot_err=3.0) for p in pols for e in range(4)]).to_csv(rd / NAV_FILE, index=False)
+            paths = {p: dict(ratio={a: 0.6 for a in POSE_AXES}, mae={a: 1.0 for a in POSE_AXES}) for p in ("single", "fused", "sequence", "dream")}
+            atomic_write_json(rd / "sequence_metrics.json", dict(metrics=dict(test=dict(paths=paths, min_history=1)),
+                                                                 chosen_on_validation=dict(fusion_window=3, dream_tau=float("inf"))))
+            pd.DataFrame(dict(split="test", patient="p", sweep=0, history=[1, 2],
+                              **{f"err_{p}_{a}": [v + 0.1, -v + 0.1] for p, v in (("single", 1.0), ("baseline", 2.0)) for a in POSE_AXES})
+                         ).to_csv(rd / "sequence_predictions.csv", index=False)
+
+
+def test_results_notebook_reports_the_study(tmp_path):
+    "nbs/results.ipynb with a study folder: the arms table, the figure, the verdict (arm e without a closed loop) and the averaging floor."
+    import papermill as pm
+    from conftest import ROOT
+    from cardiac_dreamer.wm_study import summarize_world_model_study
+    _synthetic_study(tmp_path / "ab")
+    s = summarize_world_model_study(tmp_path / "ab")
+    assert s["per_arm"]["e"]["success_rate"]["mean"] is None and abs(s["per_arm"]["b"]["floor_x"]["mean"] - 0.05) < 1e-9
+    nb = pm.execute_notebook(str(ROOT / "nbs" / "results.ipynb"), str(tmp_path / "results.ipynb"), kernel_name="python3",
+                             progress_bar=False, parameters=dict(study_dir=str(tmp_path / "ab")))
+    text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/markdown", ""))
+                     for c in nb.cells for o in c.get("outputs", []))
+    assert "Best closed loop: arm d at 75 %" in text and "missed" in text
+    assert "floor x" in text and "0.05" in text
