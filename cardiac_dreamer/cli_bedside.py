@@ -90,6 +90,7 @@ def cmd_export(args) -> int:
 _GUIDE_EXAMPLE = """example:
   cardiac-dreamer guide guidance.onnx scans/p07.mp4 --out outputs/guide_p07 --every 2
   cardiac-dreamer guide best.ckpt scans/p07.dcm --motions scans/p07_motions.csv --max_trans_mm 3 --max_rot_deg 5
+  cardiac-dreamer guide RUN/final_model.ckpt scans/p07.mp4 --motions scans/p07_motions.csv --sequence_model RUN
 
 Writes DIR/guidance.csv (frame, time_s, x_mm ... yaw_deg, trans_mm, rot_deg, at_target), overlay.mp4, overlay.gif,
 report.html and summary.json. A motion CSV has one row per frame: x,y,z,roll,pitch,yaw = the action change since the previous
@@ -100,7 +101,7 @@ def cmd_guide(args) -> int:
     from cardiac_dreamer.guide import guide_recording  # imported here: keeps --help fast
     out = args.out or str(Path("outputs") / f"guide_{Path(args.input).stem}")
     res = guide_recording(args.model, args.input, out, every=args.every, thresholds=(args.max_trans_mm, args.max_rot_deg),
-                          motions=args.motions, window=args.window, batch_size=args.batch_size, fps=args.fps, video=not args.no_video,
+                          motions=args.motions, window=args.window, sequence_model=args.sequence_model, batch_size=args.batch_size, fps=args.fps, video=not args.no_video,
                           gif=not args.no_gif, overwrite=args.overwrite, progress=not args.no_progress)
     s = res.summary
     print(f"Guided {s['frames_guided']} of {s['frames_in_recording']} frames at {s['frames_per_s']:.1f} frames/s; "
@@ -135,6 +136,8 @@ def add_export_guide_cli(subparsers):
     g.add_argument("--max_trans_mm", type=float, default=5.0, metavar="MM", help="at the target: translation at most this many mm (default: %(default)s)")
     g.add_argument("--max_rot_deg", type=float, default=5.0, metavar="DEG", help="... and rotation angle at most this many degrees (default: %(default)s)")
     g.add_argument("--window", type=int, default=8, metavar="N", help="frames fused with --motions, the present one included (default: %(default)s)")
+    g.add_argument("--sequence_model", default=None, metavar="RUN", help="a run folder (or its sequence_model.pt, cardiac-dreamer train-sequence): "
+                   "the learned sequence head over --motions gives the move; MODEL must be that run's checkpoint or exported from it")
     g.add_argument("--batch_size", type=int, default=32, help="frames per inference call (default: %(default)s)")
     g.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder (it has no timestamps of its own)")
     g.add_argument("--no_video", action="store_true", help="do not write overlay.mp4")

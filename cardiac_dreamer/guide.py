@@ -32,6 +32,7 @@ from .model import CardiacDreamer
 from .phantom import make_patient, render_batch, sample_start_pose
 from .plots import _new_figure, _themed
 from .recordings import Recording, open_recording, write_video
+from .sequence import SequenceTracker, frame_features, load_sequence_model
 
 # %% auto #0
 __all__ = ['MOVE_COLUMNS', 'phantom_sweep', 'target_distances', 'read_motions', 'strided_changes', 'OverlayRenderer',
@@ -346,6 +347,29 @@ def _report_html(summary:dict, png:bytes, files:dict) -> str:
             f"<img alt='time series' style='max-width:100%' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
             f"<h2>Overlay</h2>{media}<p>Files: {links}</p></body></html>")
 
+# %% ../nbs/16d_guide.ipynb #4b90bd1e
+def _sequence_tracker(sequence_model, motions, predictor:Predictor) -> SequenceTracker|None:
+    "The streaming sequence head of `sequence_model` (None without one); it needs the motions between frames."
+    if sequence_model is None: return None
+    if motions is None: raise CardiacDreamerError("sequence_model: the sequence head reads the probe's motions between frames: pass motions too")
+    base, head = load_sequence_model(sequence_model)[:2] if isinstance(sequence_model, (str, Path)) else sequence_model
+    if (base.label_convention, base.angle_unit) != (predictor.label_convention, predictor.angle_unit):
+        raise CardiacDreamerError(f"sequence_model {sequence_model}: its model has labels {base.label_convention} / {base.angle_unit}, "
+                                  f"{predictor!r} {predictor.label_convention} / {predictor.angle_unit}")
+    return SequenceTracker(base.eval(), head.eval())
+
+def _sequence_moves(tracker:SequenceTracker, frames:list, changes:np.ndarray, single:np.ndarray, first:bool) -> np.ndarray:
+    "The head's moves [n, 6] for a batch of frames (features once, then frame by frame); the first batch checks the single-frame model."
+    ff = frame_features(tracker.model, np.stack(frames)[:, None])
+    if first:
+        own = tracker.model.destandardize(ff.z.double(), "at1").numpy()
+        if not np.allclose(own, single, atol=0.05):
+            raise CardiacDreamerError(f"sequence_model: the model given is not the one its head was trained on (first frames differ by up to "
+                                      f"{np.abs(own - single).max():.3g} mm/deg): pass that run's checkpoint or a file exported from it")
+    return torch.cat([tracker.update_features(ff.rows(slice(j, j + 1)), None if first and j == 0 else changes[j][None])
+                      for j in range(len(frames))]).numpy()
+
+
 # %% ../nbs/16d_guide.ipynb #a4ba3478
 def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or an `export.Predictor`
                     recording, # a frame folder, video or DICOM file (see `recordings.open_recording`), or a `Recording`
@@ -354,6 +378,7 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
                     thresholds=(5.0, 5.0), # (mm, deg): at the target when the translation and the rotation are within them
                     motions=None, # CSV of per-frame action changes or probe poses: fuse the estimates over time
                     window:int=DEFAULT_WINDOW, # frames fused with motions (the present one included)
+                    sequence_model=None, # a run folder or sequence_model.pt, or (CardiacDreamer, SequenceHead): the learned head gives the move (needs motions)
                     batch_size:int=32, # frames per inference call
                     fps:float|None=None, # frame rate of a recording without timing (a frame folder)
                     video:bool=True, # write overlay.mp4
@@ -373,6 +398,7 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
     rec = recording if isinstance(recording, Recording) else open_recording(recording, fps)
     idx = np.arange(0, rec.n_frames, every)
     changes = None if motions is None else strided_changes(read_motions(motions, rec.n_frames, convention), idx, convention)
+    tracker = _sequence_tracker(sequence_model, motions, predictor)
     times = rec.timestamps[idx] if rec.timestamps is not None else np.full(len(idx), np.nan)
     out_fps = (rec.fps or 25.0) / every
     renderer = OverlayRenderer(thresholds, rec.size)
@@ -389,7 +415,8 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
                 single, single_std = _predict(predictor, [f for _, f in batch])
                 estimates.append(single); stds.append(single_std)
                 moves, std = single, single_std
-                if changes is not None: moves, std = _fuse(estimates, stds, changes, window, convention, angle_unit)
+                if tracker is not None: moves, std = _sequence_moves(tracker, [f for _, f in batch], changes[done:done + len(batch)], single, done == 0), None
+                elif changes is not None: moves, std = _fuse(estimates, stds, changes, window, convention, angle_unit)
                 trans, rot = target_distances(moves)
                 at = (trans <= thresholds[0]) & (rot <= thresholds[1])
                 n = len(batch)
@@ -411,9 +438,11 @@ def guide_recording(model, # a .ckpt / .onnx / .pt file, a `CardiacDreamer` or a
         table = pd.concat(parts, ignore_index=True)
         files["csv"] = atomic_write_text(tmp / "guidance.csv", table.to_csv(index=False, float_format="%.4f"))
         if gif: files["gif"] = write_video(gif_ims, tmp / "overlay.gif", fps=out_fps / gif_step)
-        settings = dict(every=int(every), thresholds=[float(t) for t in thresholds], window=int(window) if motions else None,
-                        motions=str(motions) if motions else None, label_convention=convention, batch_size=int(batch_size),
-                        fusion=("inverse_variance" if predictor.has_scale else "huber") if motions else None, model_std=predictor.has_scale)
+        fusion = ("sequence_head" if tracker else "inverse_variance" if predictor.has_scale else "huber") if motions else None
+        settings = dict(every=int(every), thresholds=[float(t) for t in thresholds], motions=str(motions) if motions else None,
+                        window=(tracker.window if tracker else int(window)) if motions else None, label_convention=convention,
+                        batch_size=int(batch_size), fusion=fusion, model_std=predictor.has_scale,
+                        sequence_model=None if tracker is None else str(sequence_model) if isinstance(sequence_model, (str, Path)) else "in memory")
         summary = _summary(table, rec, predictor, settings, time.perf_counter() - t0)
         if report:
             files["report"] = atomic_write_text(tmp / "report.html", _report_html(summary, _figure_png(plot_guidance(table, thresholds)), files))

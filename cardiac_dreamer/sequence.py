@@ -102,6 +102,10 @@ class FrameFeatures:
     log_scale: Tensor|None  # [N, 6] its log-scale (models with an uncertainty head)
     maps: Tensor|None = None  # [N, C, h, w] backbone feature maps (with keep_maps)
 
+    def rows(self, sl) -> FrameFeatures:
+        "The features of some frames (a slice or index tensor)."
+        return FrameFeatures(*(None if v is None else v[sl] for v in (self.pooled, self.z, self.log_scale, self.maps)))
+
 @torch.inference_mode()
 def frame_features(model:CardiacDreamer, # the trained single-frame model
                    frames, # uint8 / float frames as `CardiacDreamer.preprocess` takes them ([N,1,H,W] or [N,H,W] batched by the caller)
@@ -352,8 +356,14 @@ class SequenceTracker:
 
     @torch.inference_mode()
     def update(self, frames, motion_since_previous=None) -> Tensor: # [B, 6] move to the target (model units)
+        return self.update_features(frame_features(self.model, frames, keep_maps=self.mode == "dream"), motion_since_previous)
+
+    @torch.inference_mode()
+    def update_features(self, ff:FrameFeatures, # `frame_features` of the new frames (maps with mode "dream")
+                        motion_since_previous=None) -> Tensor: # [B, 6] move to the target (model units)
+        "`update` on features computed elsewhere (e.g. once for a batch of a recording's frames, then fed one row at a time)."
         m = self.model
-        ff = frame_features(m, frames, keep_maps=self.mode == "dream")
+        if self.mode == "dream" and ff.maps is None: raise CardiacDreamerError("SequenceTracker: mode 'dream' needs the feature maps (keep_maps=True)")
         est = m.destandardize(ff.z.double(), "at1")
         if self._h:
             if motion_since_previous is None: raise CardiacDreamerError("motion_since_previous is required after the first frame (reset() starts a sweep)")

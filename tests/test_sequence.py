@@ -117,6 +117,31 @@ def test_sequential_navigation_policies(sequence_run):
         run_navigation(model, dirs, episodes=1, max_steps=1, policies=["sequence"])
 
 
+def test_guide_with_the_sequence_head(sequence_run, tmp_path):
+    "`cardiac-dreamer guide ... --motions CSV --sequence_model RUN`: the moves are the streaming head's; a mismatched model is refused."
+    import pandas as pd
+    from cardiac_dreamer.geometry import POSE_AXES, POSE_UNITS
+    from cardiac_dreamer.guide import MOVE_COLUMNS, phantom_sweep, strided_changes
+    from cardiac_dreamer.recordings import write_frame_folder
+    from cardiac_dreamer.sequence import SequenceTracker
+    model, head, _ = load_sequence_model(sequence_run)
+    sw = phantom_sweep(10, model.cfg.image_size)
+    rec = write_frame_folder(sw["frames"], tmp_path / "sweep")
+    pd.DataFrame(sw["changes"], columns=[f"{a}_{u}" for a, u in zip(POSE_AXES, POSE_UNITS)]).to_csv(tmp_path / "motions.csv", index=False)
+    ckpt = sequence_run / "final_model.ckpt"
+    r = cli("guide", ckpt, rec, "--motions", tmp_path / "motions.csv", "--sequence_model", sequence_run, "--every", "2", "--out", tmp_path / "g",
+            "--batch_size", "2", "--no_video", "--no_gif", "--no_progress")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    got = pd.read_csv(tmp_path / "g" / "guidance.csv")
+    tr, ch = SequenceTracker(model, head), strided_changes(sw["changes"], range(0, 10, 2))
+    want = torch.cat([tr.update(f[None, None], None if k == 0 else ch[k][None]) for k, f in enumerate(sw["frames"][::2])]).numpy()
+    np.testing.assert_allclose(got[MOVE_COLUMNS].to_numpy(), want, atol=2e-3)  # guidance.csv keeps 4 decimals
+    s = json.loads((tmp_path / "g" / "summary.json").read_text())["settings"]
+    assert s["fusion"] == "sequence_head" and s["window"] == head.window and s["sequence_model"] == str(sequence_run)
+    r = cli("guide", ckpt, rec, "--sequence_model", sequence_run, "--out", tmp_path / "g2", "--no_progress")
+    assert r.returncode != 0 and "pass motions too" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "g2").exists()
+
+
 def test_world_model_study_needs_an_ablation(tmp_path):
     r = cli("world-model-study", "--ablation_dir", tmp_path, "--no_progress")
     assert r.returncode != 0 and "ablation_request.json: not found" in r.stderr + r.stdout and "Traceback" not in r.stderr
