@@ -32,7 +32,7 @@ __all__ = ['PATHS', 'COVERAGE_LEVELS', 'RELIABILITY_LEVELS', 'pose_errors', 'pre
            'calibration_table', 'scale_factors', 'rescaled', 'compute_metrics', 'metrics_table', 'within_table',
            'per_patient_table', 'write_predictions', 'read_predictions', 'plot_error_distributions',
            'plot_pred_vs_true', 'plot_error_vs_distance', 'plot_error_along_trajectory', 'save_evaluation_figures',
-           'evaluation_inputs', 'evaluate_run', 'evaluate_checkpoint']
+           'run_data_index', 'evaluation_inputs', 'evaluate_run', 'evaluate_checkpoint']
 
 # %% ../nbs/13_evaluate.ipynb #a3219979
 PATHS = ("single", "composed", "baseline")  # single-frame, composed world-model and mean-predictor paths
@@ -431,6 +431,16 @@ def _choose_patients(patients, splits:dict, available:Sequence, run_dir:Path, da
     return chosen, source
 
 # %% ../nbs/13_evaluate.ipynb #157d5a6d
+def run_data_index(model:CardiacDreamer, # a model loaded from a trainer's checkpoint (its run_config holds the data settings)
+                   data_dir:str|Path|None=None, # data set folder (default: the run's data.data_dir)
+                  ) -> tuple: # (data folder, `DatasetIndex`)
+    "The data set of a checkpoint's run (or `data_dir`), indexed with the run's data settings at the model's image size and units."
+    dcfg = (getattr(model, "run_config", None) or {}).get("data", {})
+    ddir = resolve_path(data_dir or dcfg.get("data_dir"))
+    if ddir is None or not Path(ddir).is_dir(): raise CardiacDreamerError(f"{ddir}: data folder not found (pass --data_dir)")
+    return ddir, index_dataset(ddir, skip_invalid=bool(dcfg.get("skip_invalid", False)), image_size=model.cfg.image_size,
+                               label_convention=dcfg.get("label_convention"), angle_unit=model.angle_unit)
+
 def evaluation_inputs(checkpoint:str|Path, # a .ckpt written by the trainer
                       data_dir:str|Path|None=None, # data set folder (default: the run's data.data_dir)
                       patients:Sequence|None=None, # patient folders (default: the run's test split); ['all']: every patient in `data_dir`
@@ -440,11 +450,7 @@ def evaluation_inputs(checkpoint:str|Path, # a .ckpt written by the trainer
     ckpt = resolve_path(checkpoint)
     run_dir = run_dir_of_checkpoint(ckpt)
     model = CardiacDreamer.from_checkpoint(ckpt)
-    dcfg = (getattr(model, "run_config", None) or {}).get("data", {})
-    ddir = resolve_path(data_dir or dcfg.get("data_dir"))
-    if ddir is None or not Path(ddir).is_dir(): raise CardiacDreamerError(f"{ddir}: data folder not found (pass --data_dir)")
-    index = index_dataset(ddir, skip_invalid=bool(dcfg.get("skip_invalid", False)), image_size=model.cfg.image_size,
-                          label_convention=dcfg.get("label_convention"), angle_unit=model.angle_unit)
+    ddir, index = run_data_index(model, data_dir)
     splits = _run_splits(run_dir)
     chosen, source = _choose_patients(patients, splits, index.patients, run_dir, ddir)
     seen = sorted(set(chosen) & set(splits.get("train", [])))

@@ -23,14 +23,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import CardiacDreamerError, SequenceConfig, atomic_write_json, atomic_write_text, atomic_writer
-from .data import index_dataset, load_image
-from .evaluate import _run_splits, predictions_frame, sweep_ids
+from .data import load_image
+from .evaluate import _run_splits, predictions_frame, run_data_index, sweep_ids
 from .fusion import _carried_window, carry_estimate, fuse_estimates, fuse_sequence
 from .geometry import POSE_AXES, POSE_UNITS
 from .losses import nll_loss
 from .model import LOG_SCALE_RANGE, CardiacDreamer, CheckpointError, _torch_load
 from .plots import _new_figure, _themed, save_figure
-from .runs import resolve_path
 
 # %% auto #0
 __all__ = ['SEQUENCE_FILE', 'SEQUENCE_MONITOR', 'SEQUENCE_FORMAT_VERSION', 'SEQUENTIAL_MODES', 'SEQUENTIAL_PATHS', 'SweepFrames',
@@ -500,13 +499,9 @@ def _run_sequence_config(model:CardiacDreamer, overrides:dict|None) -> SequenceC
 
 def _split_frames(run_dir:Path, model:CardiacDreamer, data_dir) -> dict:
     "Split name -> `SweepFrames` of the run's recorded splits."
-    dcfg = (getattr(model, "run_config", None) or {}).get("data", {})
-    ddir = resolve_path(data_dir or dcfg.get("data_dir"))
-    if ddir is None or not Path(ddir).is_dir(): raise CardiacDreamerError(f"{ddir}: data folder not found (pass --data_dir)")
+    ddir, index = run_data_index(model, data_dir)
     splits = _run_splits(run_dir)
     if not splits: raise CardiacDreamerError(f"{run_dir / 'experiment_config.json'}: no recorded splits: not a finished training run")
-    index = index_dataset(ddir, skip_invalid=bool(dcfg.get("skip_invalid", False)), image_size=model.cfg.image_size,
-                          label_convention=dcfg.get("label_convention"), angle_unit=model.angle_unit)
     by = index.by_patient()
     missing = sorted(p for ps in splits.values() for p in ps if p not in by)
     if missing: raise CardiacDreamerError(f"{ddir}: patient folder(s) of the run's splits not found: {', '.join(missing[:5])}")
