@@ -56,14 +56,16 @@ def cmd_train_sequence(args) -> int:
 
 def cmd_world_model_study(args) -> int:
     "`cardiac-dreamer world-model-study`: arms a-e of the world-model study on a finished ablation (full, no_world_model)."
-    from cardiac_dreamer.wm_study import averaging_floor_table, run_world_model_study, world_model_table  # lazy
+    from cardiac_dreamer.wm_study import averaging_floor_table, run_world_model_study, study_verdict, world_model_table  # lazy
     from cardiac_dreamer.runs import quiet_chatter  # lazy: --help stays fast
     quiet_chatter()
     s = run_world_model_study(args.ablation_dir, progress=not args.no_progress)
     print(world_model_table(s).to_string())
     print("\nWhat averaging a sweep's frames could reach (floor: MAE / mean predictor; shared: squared error common to a sweep):")
     print(averaging_floor_table(s).to_string())
+    print(f"\nAgainst the targets:\n{study_verdict(s).round(3).to_string()}")
     print(f"\nWrote {args.ablation_dir}/world_model_study.json and world_model_study.csv")
+    print(f"Report: {args.ablation_dir}/world_model_study_report.html")
     return 0
 
 def _navigation_settings(args) -> dict:

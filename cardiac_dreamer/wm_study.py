@@ -20,11 +20,13 @@ from .config import CardiacDreamerError, NavigationSettings, atomic_write_json, 
 from .geometry import POSE_AXES
 from .navigate import run_navigation
 from .plots import _new_figure, _themed
+from .runs import run_notebook
 from .sequence import error_sharing, train_sequence
 
 # %% auto #0
-__all__ = ['ARMS', 'ARM_LABELS', 'STUDY_FILE', 'NAV_FILE', 'sign_test', 'run_world_model_study', 'summarize_world_model_study',
-           'world_model_table', 'averaging_floor_table', 'plot_world_model_study']
+__all__ = ['ARMS', 'ARM_LABELS', 'STUDY_FILE', 'REPORT_NAME', 'NAV_FILE', 'CLAIM_PCT', 'sign_test', 'run_world_model_study',
+           'summarize_world_model_study', 'world_model_table', 'averaging_floor_table', 'study_verdict',
+           'plot_world_model_study']
 
 # %% ../nbs/15b_wm_study.ipynb #d3c507dc
 ARMS = {"a": ("no_world_model", "model", "single"), "b": ("full", "model", "single"), "c": ("full", "fused", "fused"),
@@ -32,6 +34,7 @@ ARMS = {"a": ("no_world_model", "model", "single"), "b": ("full", "model", "sing
 ARM_LABELS = {"a": "a: single frame, no world model", "b": "b: single frame + world model", "c": "c: temporal fusion on b",
               "d": "d: sequence model on b", "e": "e: dreamer at inference on b"}
 STUDY_FILE = "world_model_study.json"
+REPORT_NAME = "world_model_study_report"  # .ipynb / .html in the ablation folder
 NAV_FILE = "study_navigation_episodes.csv"
 
 def sign_test(only_a:int, # episodes that succeed with A only
@@ -83,8 +86,9 @@ def _navigate_study(rd:Path, policies:list, nav:dict, progress:bool) -> pd.DataF
 
 def run_world_model_study(ablation_dir:str|Path, # an ablation folder with the arms full and no_world_model
                           progress:bool=True,
+                          report:bool=True, # render nbs/world_model_study.ipynb into world_model_study_report.ipynb/.html in the folder
                          ) -> dict:
-    "Sequence heads, validation choices and closed-loop episodes of every arm and seed, then `summarize_world_model_study`."
+    "Sequence heads, validation choices and closed-loop episodes of every arm and seed, then `summarize_world_model_study` and the report."
     ad = Path(ablation_dir)
     req = _request(ad)
     if not {"full", "no_world_model"} <= set(req["arms"]): raise CardiacDreamerError(f"{ad}: the study needs the ablation arms full and no_world_model")
@@ -98,7 +102,9 @@ def run_world_model_study(ablation_dir:str|Path, # an ablation folder with the a
             # arm a: single frame only; arm e only where validation chose a finite temperature (inf: uniform weights, i.e. plain fusion)
             pols = (["model", "fused", "sequence"] + (["dream"] if math.isfinite(tau) else [])) if arm == "full" else ["model"]
             _navigate_study(rd, pols, req["navigation"], progress=False)
-    return summarize_world_model_study(ad)
+    out = summarize_world_model_study(ad)
+    if report: run_notebook("world_model_study", ad, REPORT_NAME, dict(ablation_dir=str(ad)), progress=progress)
+    return out
 
 # %% ../nbs/15b_wm_study.ipynb #f0969722
 def _arm_rows(ad:Path, seed:int) -> list:
@@ -177,6 +183,31 @@ def averaging_floor_table(summary:dict) -> pd.DataFrame:
     return pd.DataFrame({summary["arms"][a]: {**{f"floor {ax}": fmt(summary["per_arm"][a].get(f"floor_{ax}")) for ax in POSE_AXES},
                                               **{f"shared {ax}": fmt(summary["per_arm"][a].get(f"shared_{ax}")) for ax in POSE_AXES}}
                          for a in ("a", "b") if a in summary["per_arm"]}).T.rename_axis("model")
+
+CLAIM_PCT = 33.0  # Cardiac Copilot (arXiv 2406.13165): up to 33 % lower navigation error with the world model
+
+def study_verdict(summary:dict, success:float=0.9, ratio:float=0.5) -> pd.DataFrame:
+    "Issue 14's targets, met or missed with the measured value and its ratio to the target: best arm's success, best arm per axis, the 33 % claim."
+    pa, rows = summary["per_arm"], []
+    mean = lambda a, m: (pa.get(a, {}).get(m) or {}).get("mean")
+    looped = {a: mean(a, "success_rate") for a in pa if mean(a, "success_rate") is not None}
+    if looped:
+        a = max(looped, key=looped.get)
+        rows.append(dict(target=f"closed-loop success >= {success:.0%} (best arm)", arm=a, measured=looped[a], ratio_to_target=looped[a] / success,
+                         verdict="met" if looped[a] >= success else "missed"))
+    for ax in POSE_AXES:
+        got = {a: mean(a, f"ratio_{ax}") for a in pa if mean(a, f"ratio_{ax}") is not None}
+        if not got: continue
+        a = min(got, key=got.get)
+        rows.append(dict(target=f"per-frame MAE / mean predictor <= {ratio} on {ax} (best arm)", arm=a, measured=got[a], ratio_to_target=got[a] / ratio,
+                         verdict="met" if got[a] <= ratio else "missed"))
+    for m, what in (("final_trans_err_mean", "translation"), ("final_rot_err_mean", "rotation")):
+        a_, b_ = mean("a", m), mean("b", m)
+        if a_ and b_ is not None:
+            red = 100 * (a_ - b_) / a_  # % lower final error with the world model (b) than without (a)
+            rows.append(dict(target=f"world model: final {what} error {CLAIM_PCT:.0f} % lower (b vs a)", arm="b", measured=red,
+                             ratio_to_target=red / CLAIM_PCT, verdict="reproduced" if red >= CLAIM_PCT else "not reproduced"))
+    return pd.DataFrame(rows, columns=["target", "arm", "measured", "ratio_to_target", "verdict"]).set_index("target")
 
 # %% ../nbs/15b_wm_study.ipynb #3e0a9d48
 @_themed

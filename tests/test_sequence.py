@@ -181,5 +181,18 @@ def test_results_notebook_reports_the_study(tmp_path):
                              progress_bar=False, parameters=dict(study_dir=str(tmp_path / "ab")))
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/markdown", ""))
                      for c in nb.cells for o in c.get("outputs", []))
-    assert "Best closed loop: arm d at 75 %" in text and "missed" in text
     assert "floor x" in text and "0.05" in text
+    html = "\n".join(str(o.get("data", {}).get("text/html", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert "closed-loop success" in html and "missed" in html and "not reproduced" in html
+
+
+def test_world_model_study_report(tmp_path):
+    "nbs/world_model_study.ipynb renders a study folder as world_model_study_report.html: the arms, the floor, the runs, the verdict."
+    from cardiac_dreamer.runs import run_notebook
+    from cardiac_dreamer.wm_study import REPORT_NAME
+    _synthetic_study(tmp_path / "ab")
+    html = run_notebook("world_model_study", tmp_path / "ab", REPORT_NAME, dict(ablation_dir=str(tmp_path / "ab")), progress=False)
+    assert html == tmp_path / "ab" / f"{REPORT_NAME}.html"
+    page = html.read_text()
+    for want in ("c: temporal fusion on b", "floor x", "not reproduced", "closed-loop success &gt;= 90% (best arm)", "<img"):
+        assert want in page, want
