@@ -60,8 +60,10 @@ check-sync: $(STAMP)
 
 # The notebooks' tests write scratch folders (tempfile) with data sets and checkpoints: give them one folder per run and
 # remove it when every notebook passed (kept for inspection when one failed, like pytest's temporary folders).
+NBTEST_WORKERS ?= 2
+NBTEST_ENV ?=
 nbtest: $(STAMP)
-	tmp=$$(mktemp -d -t cardiac_dreamer_nbtest.XXXXXX); rc=0; TMPDIR=$$tmp $(BIN)/nbdev_test --n_workers 2 || rc=$$?; \
+	tmp=$$(mktemp -d -t cardiac_dreamer_nbtest.XXXXXX); rc=0; TMPDIR=$$tmp $(NBTEST_ENV) $(BIN)/nbdev_test --n_workers $(NBTEST_WORKERS) || rc=$$?; \
 	  if [ $$rc -eq 0 ]; then rm -rf "$$tmp"; else echo "notebook tests failed; their scratch files are in $$tmp"; fi; exit $$rc
 
 # The browser test drives Debian's Chromium through Playwright (no browser download): install the package when absent.
@@ -73,7 +75,10 @@ pytest: $(STAMP) browser
 	rc=0; $(PY) -m pytest tests -q -ra --timeout=900 -o tmp_path_retention_policy=failed || rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
 
-test: check-sync nbtest pytest
+# The notebook tests run beside pytest, one notebook at a time on one thread: one after the other, the two cores were idle
+# about 40 % of the suite (kernel start-ups, processes waited on). Either failing fails `make test`.
+test: check-sync
+	$(MAKE) --no-print-directory -j2 --output-sync=line nbtest pytest NBTEST_WORKERS=1 NBTEST_ENV="OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"
 
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
