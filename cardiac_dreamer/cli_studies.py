@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 from .config import AblationArms, CardiacDreamerError, NavigationSettings, field_docs, with_overrides
 # The workflow modules load torch: each is imported inside the function that needs it ("lazy" below), so that
@@ -41,17 +42,24 @@ def cmd_train_sequence(args) -> int:
         if sec != "sequence" or key not in names:
             raise CardiacDreamerError(f"--set {sec}.{key}: not a sequence setting; valid keys: {', '.join('sequence.' + n for n in names)}")
         overrides[key] = v
-    from cardiac_dreamer.sequence import sequential_ratio_table, train_sequence  # lazy: --help stays fast
-    from cardiac_dreamer.runs import quiet_chatter  # lazy: --help stays fast
-    quiet_chatter()  # Lightning's set-up notes stay out of the terminal, as in `train`
-    s = train_sequence(args.run_dir, overrides, args.data_dir, progress=not args.no_progress)
+    SequenceConfig(**overrides)  # a bad value is named here, before the report starts
+    run = Path(args.run_dir).resolve()
+    if not (run / "final_model.ckpt").is_file():
+        raise CardiacDreamerError(f"{run / 'final_model.ckpt'}: not found: train the single-frame model first (cardiac-dreamer train)")
+    from cardiac_dreamer.runs import run_notebook  # lazy: --help stays fast
+    from cardiac_dreamer.sequence import sequential_ratio_table  # lazy: --help stays fast
+    params = dict(run_dir=str(run), overrides=overrides, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
+                  progress=not args.no_progress)
+    html = run_notebook("train_sequence", run, "sequence_report", params, progress=not args.no_progress)
+    s = json.loads((run / "sequence_metrics.json").read_text())
     c = s["chosen_on_validation"]
     print(f"Sequence head: best epoch {s['training'].get('best_epoch')} of {s['training'].get('epochs')}; chosen on validation: fusion window "
           f"{c['fusion_window']}" + (f", dream tau {c['dream_tau']:.3g}" if "dream_tau" in c else ""))
     for split, m in s["metrics"].items():
         print(f"\n{split}: MAE / mean-predictor MAE, {m['n_frames']} frames with >= {m['min_history']} frames of history ({m['n_patients']} patients)")
         print(sequential_ratio_table(m).round(3).to_string())
-    print(f"\nWrote {args.run_dir}/sequence_model.pt, sequence_metrics.json, sequence_predictions.csv, plots/sequence_*.png")
+    print(f"\nWrote {run}/sequence_model.pt, sequence_metrics.json, sequence_predictions.csv, plots/sequence_*.png")
+    print(f"Report: {html}")
     return 0
 
 def cmd_world_model_study(args) -> int:
@@ -141,7 +149,8 @@ def _add_evaluation_commands(subparsers, # the `add_subparsers()` object of the 
     n.add_argument("--set", dest="overrides", action="append", default=[], metavar="navigation.KEY=VALUE",
                    help="set one navigation setting (repeatable), e.g. --set navigation.gain=0.7; an option given by name wins")
     n.set_defaults(func=cmd_navigate)
-    q = subparsers.add_parser("train-sequence", help="train the learned sequence model (second stage) of a finished run and evaluate it")
+    q = subparsers.add_parser("train-sequence", help="train the learned sequence model (second stage) of a finished run and evaluate it "
+                          "(papermill report: sequence_report.html in the run folder)")
     q.add_argument("--run_dir", required=True, help="a finished training run folder (holds final_model.ckpt)")
     q.add_argument("--data_dir", default=None, help="data set folder (default: the run's data.data_dir)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="sequence.KEY=VALUE",

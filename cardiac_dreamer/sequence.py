@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
@@ -29,15 +30,15 @@ from .fusion import _carried_window, carry_estimate, fuse_estimates, fuse_sequen
 from .geometry import POSE_AXES, POSE_UNITS
 from .losses import nll_loss
 from .model import LOG_SCALE_RANGE, CardiacDreamer, CheckpointError, _torch_load
-from .plots import _new_figure, _themed, save_figure
+from .plots import _new_figure, _themed, epoch_curve, read_metrics, save_figure
 
 # %% auto #0
-__all__ = ['SEQUENCE_FILE', 'SEQUENCE_MONITOR', 'SEQUENCE_FORMAT_VERSION', 'SEQUENTIAL_MODES', 'SEQUENTIAL_PATHS', 'SweepFrames',
-           'sweep_frames', 'carried_windows', 'FrameFeatures', 'frame_features', 'features_of_paths', 'SequenceHead',
-           'SequenceInputs', 'sequence_inputs', 'SequenceSystem', 'fit_sequence_head', 'tempfile_dir',
+__all__ = ['SEQUENCE_FILE', 'SEQUENCE_MONITOR', 'SEQUENCE_FORMAT_VERSION', 'SEQUENTIAL_MODES', 'SEQUENTIAL_PATHS', 'SEQUENCE_LOG',
+           'SweepFrames', 'sweep_frames', 'carried_windows', 'FrameFeatures', 'frame_features', 'features_of_paths',
+           'SequenceHead', 'SequenceInputs', 'sequence_inputs', 'SequenceSystem', 'fit_sequence_head', 'tempfile_dir',
            'save_sequence_head', 'load_sequence_model', 'dream_agreement', 'dream_fuse', 'SequenceTracker',
            'sequential_table', 'sequential_metrics', 'error_sharing', 'sequential_ratio_table', 'choose_on_validation',
-           'plot_sequential', 'train_sequence']
+           'plot_sequential', 'plot_sequence_training', 'train_sequence']
 
 # %% ../nbs/13b_sequence.ipynb #b27dc604
 @dataclass
@@ -489,6 +490,36 @@ def plot_sequential(metrics:dict, # from `sequential_metrics` (its by_history)
         ax.set(title=f"{a} ({metrics['units'][a]})", xlabel="frames of history", ylabel="MAE / mean predictor")
     if axs[-1].get_legend(): sns.move_legend(axs[-1], "upper left", bbox_to_anchor=(1, 1), fontsize=8)
     fig.suptitle((title or "per-frame error along the sweeps") + " (dotted: the 0.5 target; dashed: min history; red: sweep-average floor)")
+    return fig
+
+# %% ../nbs/13b_sequence.ipynb #8c752b2c
+SEQUENCE_LOG = Path("logs") / "sequence" / "metrics.csv"  # the head's CSV log in the run folder
+
+@_themed
+def plot_sequence_training(run_dir:str|Path, # a run folder with logs/sequence/metrics.csv (`fit_sequence_head`, `train_sequence`)
+                           best_epoch:int|None=None, # the epoch kept (default: the lowest `seq_val_loss`)
+                           figsize=(15, 4.2)):
+    "The sequence head's training: both losses per epoch and, per axis, its validation MAE over the single-frame model's on the same frames."
+    path = Path(run_dir) / SEQUENCE_LOG
+    if not path.is_file(): raise CardiacDreamerError(f"{path}: not found: no sequence head was trained in this run folder (train_sequence)")
+    m = read_metrics([path])
+    losses = {label: epoch_curve(m, f"seq_{s}_loss") for s, label in (("train", "training"), ("val", "validation"))}
+    if best_epoch is None and len(losses["validation"]): best_epoch = int(losses["validation"].idxmin())
+    fig = _new_figure(figsize); ax0, ax1 = fig.subplots(1, 2)
+    for label, c in losses.items():
+        if len(c): ax0.plot(c.index, c.to_numpy(), marker="o", label=label)
+    for a in POSE_AXES:
+        r = epoch_curve(m, f"seq_val_mae_{a}") / epoch_curve(m, f"seq_val_single_mae_{a}")
+        if len(r): ax1.plot(r.index, r.to_numpy(), marker=".", label=a)
+    ax1.axhline(1.0, color="0.4", ls=":", lw=1)
+    if best_epoch is not None:
+        for ax in (ax0, ax1): ax.axvline(best_epoch, color="0.6", ls="--", lw=1)
+    ax0.set(title="loss (standardised move)", xlabel="epoch", ylabel="loss")
+    for ax in (ax0, ax1): ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.set(title="validation MAE: sequence head / single frame", xlabel="epoch", ylabel="ratio (below 1: the head helps)")
+    for ax in (ax0, ax1):
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8, ncol=2 if ax is ax1 else 1)
+    fig.suptitle("sequence head training" + (f" (dashed: the epoch kept, {best_epoch})" if best_epoch is not None else ""))
     return fig
 
 # %% ../nbs/13b_sequence.ipynb #ea238012

@@ -56,7 +56,7 @@ def sequence_run(trained_run, tmp_path_factory):
     shutil.copytree(trained_run, run)
     r = cli("train-sequence", "--run_dir", run, "--set", "sequence.max_epochs=3", "--set", "sequence.window=4", "--no_progress")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "chosen on validation: fusion window" in r.stdout
+    assert "chosen on validation: fusion window" in r.stdout and f"Report: {run.resolve() / 'sequence_report.html'}" in r.stdout
     return run
 
 
@@ -76,22 +76,41 @@ def test_train_sequence_writes_its_files(sequence_run):
     assert cfg.window == 4 and head.window == 4 and not head.training
 
 
+def test_train_sequence_report(sequence_run):
+    "The stage's papermill report: executed in the run folder, its settings, training curves, validation choices and per-split tables."
+    import nbformat
+    nb = nbformat.read(sequence_run / "sequence_report.ipynb", as_version=4)
+    params = next(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    ns = {}; exec(params, ns)
+    assert ns["overrides"] == {"max_epochs": 3, "window": 4} and ns["run_dir"] == str(sequence_run.resolve()), params
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # training curves, validation and test along the sweeps
+    html = (sequence_run / "sequence_report.html").read_text()
+    s = json.loads((sequence_run / "sequence_metrics.json").read_text())
+    assert "trained now, best epoch" in html and f"fusion window chosen: {s['chosen_on_validation']['fusion_window']}" in html
+    for text in ("validation patients (", "test patients (", "sweep-average floor", "sequence_predictions.csv"):
+        assert text in html, text
+
+
 def test_train_sequence_keeps_an_existing_head(sequence_run):
     before = (sequence_run / SEQUENCE_FILE).read_bytes()
     r = cli("train-sequence", "--run_dir", sequence_run, "--set", "sequence.max_epochs=1", "--no_progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (sequence_run / SEQUENCE_FILE).read_bytes() == before
+    assert "kept from" in (sequence_run / "sequence_report.html").read_text()  # the report says the head was not trained again
 
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "sequence.windw=3"], "valid keys: sequence.enabled"),
     (["--set", "model.d_model=3"], "not a sequence setting"),
+    (["--set", "sequence.window=0"], "window"),
 ])
 def test_train_sequence_bad_settings(trained_run, tmp_path, args, message):
     run = tmp_path / "run"; shutil.copytree(trained_run, run)
     r = cli("train-sequence", "--run_dir", run, *args, "--no_progress")
     assert r.returncode != 0 and message in r.stderr + r.stdout
-    assert not (run / SEQUENCE_FILE).exists()
+    assert not (run / SEQUENCE_FILE).exists() and not (run / "sequence_report.ipynb").exists()
 
 
 def test_train_sequence_needs_a_finished_run(tmp_path):

@@ -1,10 +1,12 @@
 """Issue 14, item 1: the switchable uncertainty head end to end. A debug-configuration training on the tiny phantom with
-`--set model.uncertainty=gaussian` (the `cardiac-dreamer train` command, papermill report included), evaluated on its held-out
+`--set model.uncertainty=gaussian` (the `cardiac-dreamer train` command, papermill report included; with `sequence.enabled` its
+training notebook also trains the sequence model, whose head then predicts scales too), evaluated on its held-out
 patients with `cardiac-dreamer evaluate`: the coverage metrics land in metrics.json (re-derivable from predictions.csv), the
 reliability figure in plots/ and the report; the checkpoint gives per-axis scales in mm / degrees. A bad value of the key is a
 ConfigError that names it."""
 import json
 
+import nbformat
 import numpy as np
 import pytest
 import yaml
@@ -33,10 +35,21 @@ def test_train_and_evaluate_with_uncertainty(tiny_phantom, tmp_path):
     from cardiac_dreamer.model import CardiacDreamer
     out = tmp_path / "outputs"
     r = cli("train", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--output_dir", out, "--no_progress",
-            "--set", "model.uncertainty=gaussian", "--set", "training.max_epochs=1")
+            "--set", "model.uncertainty=gaussian", "--set", "training.max_epochs=1",
+            "--set", "sequence.enabled=true", "--set", "sequence.max_epochs=2", "--set", "sequence.window=4")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_dir, = out.glob("run_*")
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["uncertainty"] == "gaussian"
+    # sequence.enabled: the second stage ran in the training notebook, with a Gaussian head of its own, and is in the training report
+    from cardiac_dreamer.sequence import load_sequence_model
+    _, head, scfg = load_sequence_model(run_dir)
+    assert head.uncertainty == "gaussian" and scfg.window == 4
+    seq = json.loads((run_dir / "sequence_metrics.json").read_text())
+    assert seq["training"]["epochs"] == 2 and set(seq["metrics"]) == {"val", "test"}
+    assert "<strong>Sequence head:</strong> best epoch" in (run_dir / "train_report.html").read_text()
+    cell = next(c for c in nbformat.read(run_dir / "train_report.ipynb", as_version=4).cells if "if cfg.sequence.enabled:" in c.source)
+    assert [o.output_type for o in cell.outputs if o.output_type == "error"] == []
+    assert sum("image/png" in o.get("data", {}) for o in cell.outputs) == 3  # the head's training curves, validation and test sweeps
     best = run_dir / "checkpoints" / "best.ckpt"
     model = CardiacDreamer.from_checkpoint(best)
     assert model.cfg.uncertainty == "gaussian"
