@@ -50,3 +50,29 @@ def trained_run(tiny_phantom, tmp_path_factory) -> Path:
     assert len(runs) == 1, runs
     assert "Report:" in r.stdout and "train_report.html" in r.stdout
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def cv_folds(tiny_phantom, tmp_path_factory) -> tuple:
+    """One 2-fold cross-validation of the debug configuration (one epoch per fold, reports included), run through the
+    `cardiac-dreamer cv` parser in this process, for the evaluation tests and the Ray executor's comparison. It computes on one
+    thread, the notebook kernels (OMP_NUM_THREADS) and the evaluation in this process alike, as a Ray trial with one CPU does, so
+    the two can be compared digit for digit. Returns (the study folder, a copy made as soon as it finished): tests may write into
+    the first; the second keeps what the study wrote."""
+    import shutil
+    import torch
+    from cardiac_dreamer.cli import build_parser
+    out = tmp_path_factory.mktemp("cv_outputs")
+    argv = ["cv", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--folds", 2, "--set", "training.max_epochs=1",
+            "--output_dir", out, "--no_progress"]
+    mp, threads = pytest.MonkeyPatch(), torch.get_num_threads(); mp.setenv("OMP_NUM_THREADS", "1"); torch.set_num_threads(1)
+    try:
+        args = build_parser().parse_args([str(a) for a in argv])
+        assert args.func(args) == 0
+    finally: mp.undo(); torch.set_num_threads(threads)
+    folders = sorted(out.glob("cv_*"))
+    assert len(folders) == 1, folders
+    pristine = tmp_path_factory.mktemp("cv_pristine") / folders[0].name
+    shutil.copytree(folders[0], pristine)
+    return folders[0], pristine
+

@@ -1,5 +1,6 @@
 """Evaluation acceptance: evaluate, cross-validation (2 folds), sweep (2 points) and closed-loop navigation on the tiny phantom
-(modules `evaluate`, `navigate`, `studies`; one file, because they share the trained cross-validation folds of `cv_run`).
+(modules `evaluate`, `navigate`, `studies`; one file, because they share the trained cross-validation folds of `cv_run`, which
+the Ray executor's test compares with its own run).
 
 Every command runs in this process through the `cardiac-dreamer` argument parser (training and reports still execute their
 notebooks with papermill); each output file is checked, and `metrics.json` must equal the metrics recomputed from `predictions.csv`.
@@ -108,13 +109,9 @@ def test_data_kfold_bad_input(tiny_phantom, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cv_run(tiny_phantom, tmp_path_factory):
-    """A 2-fold cross-validation, one epoch per fold."""
-    out = tmp_path_factory.mktemp("cv_outputs")
-    run("cv", "--config", DEBUG_CONFIG, "--data_dir", tiny_phantom, "--folds", 2, *ONE_EPOCH, "--output_dir", out, "--no_progress")
-    folders = sorted(out.glob("cv_*"))
-    assert len(folders) == 1, folders
-    return folders[0]
+def cv_run(cv_folds):
+    """A 2-fold cross-validation, one epoch per fold (`conftest.cv_folds`: `cardiac-dreamer cv`, shared with the Ray test)."""
+    return cv_folds[0]
 
 
 def test_cv_outputs(cv_run):
