@@ -93,12 +93,17 @@ def test_train_sequence_report(sequence_run):
         assert text in html, text
 
 
-def test_train_sequence_keeps_an_existing_head(sequence_run):
-    before = (sequence_run / SEQUENCE_FILE).read_bytes()
+def test_train_sequence_keeps_an_existing_head(sequence_run, tmp_path):
+    before, report = (sequence_run / SEQUENCE_FILE).read_bytes(), (sequence_run / "sequence_report.html").read_bytes()
+    # a call that fails (a data folder without the run's patients) leaves the earlier report and head as they were
+    r = cli("train-sequence", "--run_dir", sequence_run, "--data_dir", tmp_path, "--no_progress")
+    assert r.returncode != 0 and str(tmp_path) in r.stderr and "sequence_report_rerun.html" in r.stderr and "Traceback" not in r.stderr
+    assert (sequence_run / "sequence_report.html").read_bytes() == report and (sequence_run / SEQUENCE_FILE).read_bytes() == before
     r = cli("train-sequence", "--run_dir", sequence_run, "--set", "sequence.max_epochs=1", "--no_progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (sequence_run / SEQUENCE_FILE).read_bytes() == before
     assert "kept from" in (sequence_run / "sequence_report.html").read_text()  # the report says the head was not trained again
+    assert not list(sequence_run.glob("sequence_report_rerun.*"))
 
 
 @pytest.mark.parametrize("args, message", [
