@@ -62,9 +62,8 @@ check-sync: $(STAMP)
 # remove it when every notebook passed (kept for inspection when one failed, like pytest's temporary folders).
 NBTEST_WORKERS ?= 2
 NBTEST_ENV ?=
-NBTEST_NICE ?=
 nbtest: $(STAMP)
-	tmp=$$(mktemp -d -t cardiac_dreamer_nbtest.XXXXXX); rc=0; TMPDIR=$$tmp $(NBTEST_ENV) $(NBTEST_NICE) $(BIN)/nbdev_test --n_workers $(NBTEST_WORKERS) || rc=$$?; \
+	tmp=$$(mktemp -d -t cardiac_dreamer_nbtest.XXXXXX); rc=0; TMPDIR=$$tmp $(NBTEST_ENV) $(BIN)/nbdev_test --n_workers $(NBTEST_WORKERS) || rc=$$?; \
 	  if [ $$rc -eq 0 ]; then rm -rf "$$tmp"; else echo "notebook tests failed; their scratch files are in $$tmp"; fi; exit $$rc
 
 # The browser test drives Debian's Chromium through Playwright (no browser download): install the package when absent.
@@ -77,11 +76,9 @@ pytest: $(STAMP) browser
 	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
 
 # The notebook tests run beside pytest, one notebook at a time on one thread: one after the other, the two cores were idle
-# about 40 % of the suite (kernel start-ups, processes waited on). pytest takes longer, so the notebooks run at a lower priority
-# (nice): they yield the CPU to it and still finish well before it. Either failing fails `make test`.
+# about 40 % of the suite (kernel start-ups, processes waited on). Either failing fails `make test`.
 test: check-sync
-	$(MAKE) --no-print-directory -j2 --output-sync=line nbtest pytest NBTEST_WORKERS=1 NBTEST_ENV="OMP_NUM_THREADS=1 MKL_NUM_THREADS=1" \
-	  NBTEST_NICE="nice -n 10"
+	$(MAKE) --no-print-directory -j2 --output-sync=line nbtest pytest NBTEST_WORKERS=1 NBTEST_ENV="OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"
 
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
