@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 from .config import AblationArms, CardiacDreamerError, NavigationSettings, field_docs, with_overrides
@@ -54,11 +53,7 @@ def cmd_train_sequence(args) -> int:
     params = dict(run_dir=str(run), overrides=overrides, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
                   progress=not args.no_progress)
     # the report of an earlier call is replaced only once this one has finished: a failed call leaves its own, named in the error
-    name = "sequence_report"; new = f"{name}_rerun" if (run / f"{name}.ipynb").exists() else name
-    html = run_notebook("train_sequence", run, new, params, progress=not args.no_progress)
-    if new != name:
-        for ext in (".ipynb", ".html"): os.replace(run / f"{new}{ext}", run / f"{name}{ext}")
-        html = run / f"{name}.html"
+    html = run_notebook("train_sequence", run, "sequence_report", params, progress=not args.no_progress, keep_previous=True)
     s = json.loads((run / "sequence_metrics.json").read_text())
     c = s["chosen_on_validation"]
     print(f"Sequence head: best epoch {s['training'].get('best_epoch')} of {s['training'].get('epochs')}; chosen on validation: fusion window "

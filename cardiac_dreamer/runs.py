@@ -334,12 +334,15 @@ def run_notebook(template:str|Path,            # workflow notebook name ("train"
                  parameters:dict|None=None,    # papermill parameters (plain values)
                  progress:bool=True,           # papermill's cell progress bar
                  timeout:int|None=None,        # per-cell timeout in seconds
+                 keep_previous:bool=False,     # an existing report is replaced only once this run has finished (a failed run
+                                               # leaves `{report_name}_rerun.ipynb/.html`, named in the error)
                 ) -> Path:
     "Execute a workflow notebook with papermill into `out_dir` (text progress bars, a quiet kernel), render HTML; return the HTML path."
     import papermill as pm  # here, not at the top: papermill and nbclient are slow to import and only notebook runs need them
     from nbclient.exceptions import DeadKernelError
     src = Path(template) if str(template).endswith(".ipynb") else workflow_notebook(template)
-    out = Path(out_dir) / f"{report_name}.ipynb"
+    final = Path(out_dir) / f"{report_name}.ipynb"
+    out = final.with_name(f"{report_name}_rerun.ipynb") if keep_previous and final.exists() else final
     env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", REPORT_ENV: "1"}  # the kernel inherits them
     saved = {k: os.environ.get(k) for k in env}; os.environ.update(env)
     try:
@@ -353,7 +356,10 @@ def run_notebook(template:str|Path,            # workflow notebook name ("train"
         for k, v in saved.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
-    return to_html(out)
+    html = to_html(out)
+    if out == final: return html
+    for p in (out, html): os.replace(p, final.with_suffix(p.suffix))
+    return final.with_suffix(".html")
 
 # %% ../nbs/11_runs.ipynb #f80ae018
 _RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero")

@@ -75,4 +75,3 @@ def cv_folds(tiny_phantom, tmp_path_factory) -> tuple:
     pristine = tmp_path_factory.mktemp("cv_pristine") / folders[0].name
     shutil.copytree(folders[0], pristine)
     return folders[0], pristine
-
